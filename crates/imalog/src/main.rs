@@ -1,0 +1,62 @@
+//! The `imalog` command: parses arguments, sets up logging, runs one
+//! subcommand and maps its outcome to an exit status in one place.
+//!
+//! Exit status: 0 success; 1 the list failed to decode or to verify; 2 a
+//! usage or environment error (bad arguments, unreadable files). A broken
+//! pipe on standard output ends the program quietly with status 0, as other
+//! Unix filters do.
+
+mod cli;
+mod commands;
+mod input;
+mod outcome;
+mod progress;
+mod state;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::outcome::Failure;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // clap prints help and version to stdout with status 0, and
+            // usage errors to stderr with status 2.
+            let _ = error.print();
+            return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_tracing();
+
+    let progress = !cli.no_progress;
+    let result = match &cli.command {
+        Command::Show(args) => commands::show::run(args, progress),
+        Command::Convert(args) => commands::convert::run(args, progress),
+        Command::Replay(args) => commands::replay::run(args, progress),
+        Command::Generate(args) => commands::generate::run(args, progress),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("imalog: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr; `IMALOG_LOG` (or `RUST_LOG`) sets the filter, `warn`
+/// by default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("IMALOG_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|text| EnvFilter::try_new(text).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
