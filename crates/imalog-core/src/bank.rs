@@ -150,10 +150,7 @@ impl Bank {
     /// Returns `None` for a TPM algorithm imalog does not implement.
     pub fn extend(&self, pcr: &Digest, value: &Digest) -> Option<Digest> {
         let algorithm = self.tpm_algorithm()?;
-        let mut hasher = algorithm.hasher();
-        hasher.update(pcr.as_bytes());
-        hasher.update(value.as_bytes());
-        Some(hasher.finish())
+        Some(algorithm.digest_parts(&[pcr.as_bytes(), value.as_bytes()]))
     }
 }
 

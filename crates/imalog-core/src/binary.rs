@@ -17,7 +17,7 @@
 //!
 //! D is 20 in the legacy list and the bank's digest size in per-bank lists.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;
 
 use crate::byte_order::ByteOrder;
@@ -51,6 +51,11 @@ pub struct BinaryLayout {
 
 /// Decodes a binary list record by record, in memory bounded by the largest
 /// record.
+///
+/// Records that lie whole in the reader's buffer are decoded straight from
+/// it. Any other record, and every record with an error, goes through the
+/// item-by-item path, which alone reports errors, so both paths fail the
+/// same way.
 pub struct BinaryDecoder<R> {
     reader: R,
     layout: BinaryLayout,
@@ -62,7 +67,7 @@ pub struct BinaryDecoder<R> {
     finished: bool,
 }
 
-impl<R: Read> BinaryDecoder<R> {
+impl<R: BufRead> BinaryDecoder<R> {
     /// A decoder for `reader`; `layout` is usually found with
     /// [`crate::format::detect`].
     pub fn new(reader: R, layout: BinaryLayout) -> Self {
@@ -157,11 +162,26 @@ impl<R: Read> BinaryDecoder<R> {
         Ok(self.layout.byte_order.u32(word))
     }
 
-    /// Reads `len` bytes into the scratch buffer, growing it only as data
-    /// arrives so that a corrupt length cannot allocate more than the input.
+    /// Reads `len` bytes into the scratch buffer. Lengths above 64 KiB grow
+    /// the buffer only as data arrives, so that a corrupt length cannot
+    /// allocate more than the input holds.
     fn read_into_scratch(&mut self, len: u32, item: &'static str) -> Result<(), DecodeError> {
+        const DIRECT: u32 = 64 * 1024;
         let at = self.offset;
         self.scratch.clear();
+        if len <= DIRECT {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.resize(len as usize, 0);
+            let found = self.fill(&mut scratch);
+            self.scratch = scratch;
+            let found = found?;
+            if found < len as usize {
+                return Err(
+                    self.error(at, DecodeErrorKind::Truncated { item, expected: len as u64, found: found as u64 })
+                );
+            }
+            return Ok(());
+        }
         let read = (&mut self.reader).take(len as u64).read_to_end(&mut self.scratch);
         match read {
             Ok(found) => {
@@ -179,16 +199,39 @@ impl<R: Read> BinaryDecoder<R> {
 
     fn decode(&mut self, record: &mut Record) -> Result<bool, DecodeError> {
         self.record_start = self.offset;
+        let buffered = loop {
+            match self.reader.fill_buf() {
+                Ok(buffer) => break buffer,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.error(self.offset, e.into())),
+            }
+        };
+        if buffered.is_empty() {
+            return Ok(false);
+        }
+        if let Some(used) = decode_buffered(buffered, self.layout, &mut self.template, &mut self.scratch, record) {
+            self.reader.consume(used);
+            self.offset += used as u64;
+            return Ok(true);
+        }
+        self.decode_items(record)
+    }
+
+    fn decode_items(&mut self, record: &mut Record) -> Result<bool, DecodeError> {
         let order = self.layout.byte_order;
 
-        let mut word = [0u8; 4];
-        let found = self.fill(&mut word)?;
+        // PCR index, template digest and name length in one read.
+        let digest_size = self.layout.digest_size.min(MAX_DIGEST_SIZE);
+        let mut header = [0u8; 4 + MAX_DIGEST_SIZE + 4];
+        let header = &mut header[..8 + digest_size];
+        let found = self.fill(header)?;
         if found == 0 {
             return Ok(false);
         }
         if found < 4 {
             return Err(self.error(self.record_start, DecodeErrorKind::TrailingBytes { count: found as u64 }));
         }
+        let word = [header[0], header[1], header[2], header[3]];
         let pcr = order.u32(word);
         if pcr > MAX_PCR_INDEX {
             let other = match order {
@@ -202,13 +245,34 @@ impl<R: Read> BinaryDecoder<R> {
             };
             return Err(self.error(self.record_start, DecodeErrorKind::PcrOutOfRange { pcr: pcr as u64, hint }));
         }
-
-        let mut digest = [0u8; MAX_DIGEST_SIZE];
-        let digest_size = self.layout.digest_size.min(MAX_DIGEST_SIZE);
-        self.read_exact_item(&mut digest[..digest_size], "template digest")?;
-
-        let name_at = self.offset;
-        let name_len = self.read_u32("template name length")?;
+        if found < 4 + digest_size {
+            return Err(self.error(
+                self.record_start + 4,
+                DecodeErrorKind::Truncated {
+                    item: "template digest",
+                    expected: digest_size as u64,
+                    found: (found - 4) as u64,
+                },
+            ));
+        }
+        let name_at = self.record_start + 4 + digest_size as u64;
+        if found < header.len() {
+            return Err(self.error(
+                name_at,
+                DecodeErrorKind::Truncated {
+                    item: "template name length",
+                    expected: 4,
+                    found: (found - 4 - digest_size) as u64,
+                },
+            ));
+        }
+        let digest = &header[4..4 + digest_size];
+        let name_len = order.u32([
+            header[4 + digest_size],
+            header[5 + digest_size],
+            header[6 + digest_size],
+            header[7 + digest_size],
+        ]);
         if name_len as usize > MAX_TEMPLATE_NAME_LEN {
             return Err(self.error(
                 name_at,
@@ -220,18 +284,21 @@ impl<R: Read> BinaryDecoder<R> {
             ));
         }
         let name_start = self.offset;
-        self.read_into_scratch(name_len, "template name")?;
+        let mut name_buffer = [0u8; MAX_TEMPLATE_NAME_LEN];
+        let name = &mut name_buffer[..name_len as usize];
+        self.read_exact_item(name, "template name")?;
+        let name = &name_buffer[..name_len as usize];
         let template = match &self.template {
-            Some(cached) if cached.name().as_bytes() == self.scratch.as_slice() => Arc::clone(cached),
+            Some(cached) if cached.name().as_bytes() == name => Arc::clone(cached),
             _ => {
-                let looked_up = Template::lookup(&self.scratch).map_err(|e| self.error(name_start, e.into()))?;
+                let looked_up = Template::lookup(name).map_err(|e| self.error(name_start, e.into()))?;
                 self.template = Some(Arc::clone(&looked_up));
                 looked_up
             }
         };
 
         record.pcr = pcr;
-        record.digest = Digest::from_bytes_prefix(&digest, digest_size);
+        record.digest = Digest::from_slice(digest).unwrap_or_else(|| Digest::zero(0));
         record.byte_order = order;
         record.data.clear();
         if template.is_legacy_ima() {
@@ -292,6 +359,7 @@ impl<R: Read> BinaryDecoder<R> {
 
         let order = self.layout.byte_order;
         let fields = template.fields();
+        let mut ends = [0u32; crate::template::MAX_FIELDS];
         let mut position = 0usize;
         for (index, id) in fields.iter().enumerate() {
             let field_at = data_at + position as u64;
@@ -327,12 +395,16 @@ impl<R: Read> BinaryDecoder<R> {
             if let Err(source) = field::validate(*id, bytes, false) {
                 return Err(self.error(field_at + 4, DecodeErrorKind::field(index, source)));
             }
-            // Templates have at most 15 fields and data at most 16 MiB, so
-            // this push cannot fail.
-            if data.push(bytes).is_err() {
-                return Err(self.error(field_at, too_many_fields(template.name(), fields.len())));
+            if order == ByteOrder::Big {
+                // Keep the section in little-endian layout, as TemplateData stores it.
+                self.scratch[position..position + 4].copy_from_slice(&(len as u32).to_le_bytes());
             }
             position += 4 + len;
+            // Templates have at most 15 fields and data at most 16 MiB.
+            match ends.get_mut(index) {
+                Some(end) => *end = position as u32,
+                None => return Err(self.error(field_at, too_many_fields(template.name(), fields.len()))),
+            }
         }
         if position != self.scratch.len() {
             return Err(self.error(
@@ -344,8 +416,75 @@ impl<R: Read> BinaryDecoder<R> {
                 },
             ));
         }
+        data.replace_section(&mut self.scratch, &ends[..fields.len()]);
         Ok(())
     }
+}
+
+/// Decodes one non-legacy record that lies whole in `buffer` and returns the
+/// bytes it used, or `None` when the record is incomplete, legacy, or
+/// invalid in any way; the caller then decodes it item by item.
+fn decode_buffered(
+    buffer: &[u8],
+    layout: BinaryLayout,
+    cache: &mut Option<Arc<Template>>,
+    scratch: &mut Vec<u8>,
+    record: &mut Record,
+) -> Option<usize> {
+    let order = layout.byte_order;
+    let size = layout.digest_size;
+    let u32_at = |at: usize| -> Option<u32> { Some(order.u32(buffer.get(at..at + 4)?.try_into().ok()?)) };
+
+    let pcr = u32_at(0)?;
+    let digest = buffer.get(4..4 + size)?;
+    let name_len = u32_at(4 + size)? as usize;
+    if pcr > MAX_PCR_INDEX || name_len > MAX_TEMPLATE_NAME_LEN {
+        return None;
+    }
+    let name = buffer.get(8 + size..8 + size + name_len)?;
+    let template = match cache.as_ref() {
+        Some(cached) if cached.name().as_bytes() == name => Arc::clone(cached),
+        _ => {
+            let looked_up = Template::lookup(name).ok()?;
+            *cache = Some(Arc::clone(&looked_up));
+            looked_up
+        }
+    };
+    if template.is_legacy_ima() {
+        return None;
+    }
+    let data_at = 12 + size + name_len;
+    let total = u32_at(8 + size + name_len)?;
+    if total > MAX_TEMPLATE_DATA_LEN {
+        return None;
+    }
+    let section = buffer.get(data_at..data_at + total as usize)?;
+
+    let fields = template.fields();
+    let mut ends = [0u32; crate::template::MAX_FIELDS];
+    let mut position = 0usize;
+    scratch.clear();
+    scratch.extend_from_slice(section);
+    for (index, id) in fields.iter().enumerate() {
+        let len = order.u32(scratch.get(position..position + 4)?.try_into().ok()?) as usize;
+        let bytes = scratch.get(position + 4..position + 4 + len)?;
+        field::validate(*id, bytes, false).ok()?;
+        if order == ByteOrder::Big {
+            scratch[position..position + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        position += 4 + len;
+        *ends.get_mut(index)? = position as u32;
+    }
+    if position != scratch.len() {
+        return None;
+    }
+
+    record.pcr = pcr;
+    record.digest = Digest::from_slice(digest)?;
+    record.byte_order = order;
+    record.data.replace_section(scratch, &ends[..fields.len()]);
+    record.template = template;
+    Some(data_at + total as usize)
 }
 
 fn too_many_fields(template: &str, expected: usize) -> DecodeErrorKind {
@@ -356,7 +495,7 @@ fn too_many_fields(template: &str, expected: usize) -> DecodeErrorKind {
     }
 }
 
-impl<R: Read> Iterator for BinaryDecoder<R> {
+impl<R: BufRead> Iterator for BinaryDecoder<R> {
     type Item = Result<Record, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -404,6 +543,10 @@ pub fn encode_record(record: &Record, digest: &Digest, order: ByteOrder, out: &m
     }
 
     out.extend_from_slice(&order.u32_bytes(record.data.template_data_len() as u32));
+    if order == ByteOrder::Little {
+        out.extend_from_slice(record.data.le_section());
+        return;
+    }
     for data in record.data.fields() {
         out.extend_from_slice(&order.u32_bytes(data.len() as u32));
         out.extend_from_slice(data);

@@ -103,13 +103,14 @@ pub fn validate(field: FieldId, data: &[u8], legacy: bool) -> Result<(), FieldEr
             split_digest_prefix(field, data)?;
         }
         FieldFormat::String => {
-            let nul = data.iter().position(|&b| b == 0);
-            match nul {
-                None => return Err(FieldError::UnterminatedString { field }),
-                Some(position) if position + 1 != data.len() => {
-                    return Err(FieldError::InteriorNul { field, position })
-                }
-                Some(_) => {}
+            let (last, body) = data.split_last().unwrap_or((&0, &[]));
+            if *last != 0 {
+                return Err(FieldError::UnterminatedString { field });
+            }
+            // `contains` on bytes is a memchr; find the position only on error.
+            if body.contains(&0) {
+                let position = body.iter().position(|&b| b == 0).unwrap_or(0);
+                return Err(FieldError::InteriorNul { field, position });
             }
             if legacy && data.len() > LEGACY_NAME_BUFFER {
                 return Err(FieldError::Length {

@@ -144,9 +144,30 @@ impl HashAlgorithm {
 
     /// Hashes `data` in one call.
     pub fn digest(self, data: &[u8]) -> Digest {
-        let mut hasher = self.hasher();
-        hasher.update(data);
-        hasher.finish()
+        self.digest_parts(&[data])
+    }
+
+    /// Hashes the concatenation of `parts`. Unlike [`Hasher`], whose enum is
+    /// as large as the largest state, this keeps only the one state needed
+    /// on the stack, which matters in the replay loop.
+    pub fn digest_parts(self, parts: &[&[u8]]) -> Digest {
+        fn run<H: sha1::Digest>(parts: &[&[u8]]) -> Digest {
+            let mut hasher = H::new();
+            for part in parts {
+                hasher.update(part);
+            }
+            Digest::from_slice_truncating(&hasher.finalize())
+        }
+        match self {
+            HashAlgorithm::Sha1 => run::<sha1::Sha1>(parts),
+            HashAlgorithm::Sha256 => run::<sha2::Sha256>(parts),
+            HashAlgorithm::Sha384 => run::<sha2::Sha384>(parts),
+            HashAlgorithm::Sha512 => run::<sha2::Sha512>(parts),
+            HashAlgorithm::Sm3 => run::<sm3::Sm3>(parts),
+            HashAlgorithm::Sha3_256 => run::<sha3::Sha3_256>(parts),
+            HashAlgorithm::Sha3_384 => run::<sha3::Sha3_384>(parts),
+            HashAlgorithm::Sha3_512 => run::<sha3::Sha3_512>(parts),
+        }
     }
 }
 

@@ -13,14 +13,21 @@ use crate::field::{self, FieldError, FieldValue, LEGACY_NAME_BUFFER};
 use crate::hash::{Digest, HashAlgorithm};
 use crate::template::{FieldId, Template, MAX_FIELDS};
 
-/// The data of a template's fields, stored back to back.
+/// The data of a template's fields, stored as a little-endian kernel writes
+/// them in a binary list: for each field a u32 little-endian length, then
+/// the data. For every template but `ima` these bytes are also exactly the
+/// template digest input of a little-endian kernel, so decoding can hand its
+/// buffer over and hashing needs one call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TemplateData {
     bytes: Vec<u8>,
-    /// `ends[i]` is the end offset of field `i` in `bytes`; only the first
-    /// `count` entries are meaningful.
+    /// `ends[i]` is the end offset of field `i`'s data in `bytes`; only the
+    /// first `count` entries are meaningful.
     ends: [u32; MAX_FIELDS],
     count: u8,
+    /// Offset of the length word of a field being written with
+    /// `start_field` and `finish_field`.
+    open: Option<u32>,
 }
 
 /// The template data would exceed 15 fields or 4 GiB.
@@ -47,6 +54,7 @@ impl TemplateData {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.count = 0;
+        self.open = None;
     }
 
     /// Appends a field.
@@ -56,12 +64,15 @@ impl TemplateData {
         self.finish_field()
     }
 
-    /// Appends a field written directly into [`Self::buffer_mut`]: call
-    /// `start_field`, append to the buffer, then `finish_field`.
+    /// Starts a field whose data the caller appends to [`Self::buffer_mut`]
+    /// before calling `finish_field`.
     pub(crate) fn start_field(&mut self) -> Result<(), TemplateDataFull> {
         if self.count as usize >= MAX_FIELDS {
             return Err(TemplateDataFull);
         }
+        let at = u32::try_from(self.bytes.len()).map_err(|_| TemplateDataFull)?;
+        self.bytes.extend_from_slice(&[0; 4]);
+        self.open = Some(at);
         Ok(())
     }
 
@@ -70,10 +81,33 @@ impl TemplateData {
     }
 
     pub(crate) fn finish_field(&mut self) -> Result<(), TemplateDataFull> {
+        let at = self.open.take().ok_or(TemplateDataFull)? as usize;
         let end = u32::try_from(self.bytes.len()).map_err(|_| TemplateDataFull)?;
+        let len = end as usize - at - 4;
+        self.bytes[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
         self.ends[self.count as usize] = end;
         self.count += 1;
         Ok(())
+    }
+
+    /// Takes a template data section that the caller has split into fields:
+    /// `section` holds little-endian length words and data, and `ends` the
+    /// end of each field's data. The previous buffer is returned in
+    /// `section` for reuse.
+    pub(crate) fn replace_section(&mut self, section: &mut Vec<u8>, ends: &[u32]) {
+        std::mem::swap(&mut self.bytes, section);
+        let count = ends.len().min(MAX_FIELDS);
+        self.ends[..count].copy_from_slice(&ends[..count]);
+        self.count = count as u8;
+        self.open = None;
+    }
+
+    fn range(&self, index: usize) -> Option<std::ops::Range<usize>> {
+        if index >= self.len() {
+            return None;
+        }
+        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize } + 4;
+        Some(start..self.ends[index] as usize)
     }
 
     /// Number of fields.
@@ -88,21 +122,13 @@ impl TemplateData {
 
     /// The data of field `index`.
     pub fn field(&self, index: usize) -> Option<&[u8]> {
-        if index >= self.len() {
-            return None;
-        }
-        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
-        self.bytes.get(start..self.ends[index] as usize)
+        self.bytes.get(self.range(index)?)
     }
 
     /// Mutable data of field `index`.
     pub(crate) fn field_mut(&mut self, index: usize) -> Option<&mut [u8]> {
-        if index >= self.len() {
-            return None;
-        }
-        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
-        let end = self.ends[index] as usize;
-        self.bytes.get_mut(start..end)
+        let range = self.range(index)?;
+        self.bytes.get_mut(range)
     }
 
     /// Every field's data, in order.
@@ -110,10 +136,16 @@ impl TemplateData {
         (0..self.len()).filter_map(move |i| self.field(i))
     }
 
+    /// The fields as a little-endian kernel lays them out in a binary list:
+    /// each u32 length, then the data.
+    pub fn le_section(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// `template_data_len` as the kernel counts it: each field's length
     /// plus its 4-byte length word.
     pub fn template_data_len(&self) -> u64 {
-        self.bytes.len() as u64 + 4 * self.len() as u64
+        self.bytes.len() as u64
     }
 }
 
@@ -213,6 +245,9 @@ impl Record {
     /// template data part of a binary record. The `ima` template hashes the
     /// 20-byte digest, then the name in a zero-filled 256-byte buffer.
     pub fn template_digest(&self, algorithm: HashAlgorithm) -> Digest {
+        if !self.template.is_legacy_ima() && self.byte_order == ByteOrder::Little {
+            return algorithm.digest(self.data.le_section());
+        }
         let mut hasher = algorithm.hasher();
         if self.template.is_legacy_ima() {
             for (id, data) in self.fields() {

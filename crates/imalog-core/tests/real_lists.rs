@@ -395,3 +395,35 @@ fn keylime_unknown_algorithm_list_fails_digest_check() {
     let error = replayer.replay(&records[1]).unwrap_err();
     assert!(matches!(error, imalog_core::ReplayError::DigestMismatch { index: 1, .. }), "{error}");
 }
+
+#[test]
+fn binary_buffered_and_item_paths_agree() {
+    // A one-byte buffer never holds a whole record, which forces the
+    // item-by-item path; the default buffer takes the buffered path.
+    for file in [
+        "ibmtss/sha1.log",
+        "ibmtss/sha512.log",
+        "ibmtss/imatest.log",
+        "embrave/37d16c0f/binary_runtime_measurements",
+        "ima_log_lib/binary_runtime_measurements_sha256",
+        "tpm2-tss/sml-ima-sha1-invalidated.bin",
+        "tpm2-tss/sml-ima-sig-sha256.bin",
+    ] {
+        let bytes = fs::read(real(file)).unwrap();
+        let layout = match ListReader::open(bytes.as_slice(), options_for(&real(file))).unwrap().format() {
+            Some(format) => binary::BinaryLayout { digest_size: format.bank.digest_size(), byte_order: format.byte_order },
+            None => panic!("{file}: no format"),
+        };
+        let buffered: Vec<_> = binary::BinaryDecoder::new(bytes.as_slice(), layout).collect();
+        let itemwise: Vec<_> =
+            binary::BinaryDecoder::new(std::io::BufReader::with_capacity(1, bytes.as_slice()), layout).collect();
+        assert_eq!(buffered.len(), itemwise.len(), "{file}");
+        for (a, b) in buffered.iter().zip(&itemwise) {
+            match (a, b) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{file}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{file}"),
+                _ => panic!("{file}: paths disagree: {a:?} vs {b:?}"),
+            }
+        }
+    }
+}

@@ -18,12 +18,14 @@ use crate::state::{parse_state, render_state};
 
 /// Runs `imalog replay`.
 pub fn run(args: &ReplayArgs, progress: bool) -> Outcome {
-    let start = match &args.from_state {
+    check_single_stdin(args)?;
+    let (start, state_name) = match &args.from_state {
         Some(path) => {
             let (name, text) = read_text(path, "the replay state")?;
-            parse_state(&text).map_err(|e| Failure::Usage(format!("{name}: {e}")))?
+            let state = parse_state(&text).map_err(|e| Failure::Usage(format!("{name}: {e}")))?;
+            (state, name)
         }
-        None => ReplayState::cold_boot(),
+        None => (ReplayState::cold_boot(), String::new()),
     };
     let expected = match &args.pcrs {
         Some(path) => {
@@ -36,6 +38,7 @@ pub fn run(args: &ReplayArgs, progress: bool) -> Outcome {
         }
         None => None,
     };
+    check_state_banks(&state_name, &start, &args.banks, expected.as_deref())?;
 
     let mut input = open_input(&args.file, &args.input)?;
     let mut progress = Progress::new("replay", progress);
@@ -58,6 +61,54 @@ pub fn run(args: &ReplayArgs, progress: bool) -> Outcome {
         None => new_replayer(args, Bank::SHA1, &start, expected.as_deref())?,
     };
     report(args, &input.name, records, &start, &replayer, expected.as_deref())
+}
+
+/// Rejects a command line on which more than one input is `-`: the first
+/// reader would consume standard input and leave the others empty.
+fn check_single_stdin(args: &ReplayArgs) -> Outcome {
+    let inputs =
+        [("FILE", Some(&args.file)), ("--pcrs", args.pcrs.as_ref()), ("--from-state", args.from_state.as_ref())];
+    let stdin_readers: Vec<&str> =
+        inputs.iter().filter(|(_, path)| path.is_some_and(|p| p.as_os_str() == "-")).map(|(name, _)| *name).collect();
+    if stdin_readers.len() > 1 {
+        return Err(Failure::Usage(format!(
+            "standard input ('-') is given for {}, but it can be read only once; give a file name for all but one",
+            stdin_readers.join(" and ")
+        )));
+    }
+    Ok(())
+}
+
+/// Rejects banks that a state past the cold boot has no values for. Every
+/// record extends every bank, so such a state was saved without that bank,
+/// and replaying the bank from its reset value would print a wrong PCR value.
+fn check_state_banks(
+    state_name: &str,
+    start: &ReplayState,
+    banks: &[Bank],
+    expected: Option<&[ExpectedPcr]>,
+) -> Outcome {
+    if start.next_index == 0 {
+        return Ok(());
+    }
+    let index = start.next_index;
+    if start.values.is_empty() {
+        return Err(Failure::Usage(format!(
+            "{state_name}: the state at absolute index {index} lists no PCR values, so no bank can be replayed from it"
+        )));
+    }
+    let requested = banks.iter().chain(expected.unwrap_or_default().iter().map(|e| &e.bank));
+    for bank in requested {
+        if !start.values.keys().any(|(state_bank, _)| state_bank == bank) {
+            let listed: BTreeSet<String> = start.values.keys().map(|(b, _)| b.to_string()).collect();
+            return Err(Failure::Usage(format!(
+                "{state_name}: the state at absolute index {index} has no values in bank {bank}, so that bank \
+                 cannot be replayed from it; replay only the banks it lists ({}) or save a state that includes {bank}",
+                listed.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn new_replayer(
