@@ -11,7 +11,7 @@
 //! first record the list being replayed holds. PCRs not listed are at their
 //! reset value. Every record extends every bank, so a state with
 //! `next_index` above 0 must list at least one PCR in each bank replayed
-//! from it; `replay` rejects the other banks.
+//! from it. `replay` rejects the other banks.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! `imalog convert`: rewrite a list in the other format, another bank or
 //! another byte order, as the kernel would have written it.
 
+use std::path::Path;
+
 use imalog_core::{ascii, binary};
 
 use crate::cli::{ConvertArgs, FormatArg};
@@ -16,6 +18,13 @@ pub fn run(args: &ConvertArgs, progress: bool) -> Outcome {
             "--endian applies to binary output; for an ASCII list from a big-endian kernel use --input-endian be"
                 .into(),
         ));
+    }
+    if is_same_file(&args.file, &args.output) {
+        return Err(Failure::Usage(format!(
+            "{}: the output file is the input file, which would be truncated before it is read; \
+             write to another file and rename it",
+            args.output.display()
+        )));
     }
     let mut input = open_input(&args.file, &args.input)?;
     let (output_name, mut output) = open_output(&args.output)?;
@@ -56,4 +65,26 @@ pub fn run(args: &ConvertArgs, progress: bool) -> Outcome {
         output.write_all(&buffer).map_err(|e| Failure::write(e, &output_name))
     })?;
     output.flush().map_err(|e| Failure::write(e, &output_name))
+}
+
+/// Returns whether `output` is an existing file that is also `input`. On
+/// Unix it compares device and inode, so hard links and other spellings of
+/// the path count.
+fn is_same_file(input: &Path, output: &Path) -> bool {
+    if input.as_os_str() == "-" || output.as_os_str() == "-" {
+        return false;
+    }
+    let (Ok(input_meta), Ok(output_meta)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        input_meta.dev() == output_meta.dev() && input_meta.ino() == output_meta.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (input_meta, output_meta);
+        matches!((std::fs::canonicalize(input), std::fs::canonicalize(output)), (Ok(a), Ok(b)) if a == b)
+    }
 }
