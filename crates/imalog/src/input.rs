@@ -77,3 +77,25 @@ pub fn read_text(path: &Path, what: &str) -> Outcome<(String, String)> {
         .map_err(|e| Failure::Usage(format!("{}: cannot read {what}: {e}", path.display())))?;
     Ok((path.display().to_string(), text))
 }
+
+/// Returns whether `output` is an existing file that is also `input`. On
+/// Unix it compares device and inode, so hard links and other spellings of
+/// the path count.
+pub fn is_same_file(input: &Path, output: &Path) -> bool {
+    if input.as_os_str() == "-" || output.as_os_str() == "-" {
+        return false;
+    }
+    let (Ok(input_meta), Ok(output_meta)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        input_meta.dev() == output_meta.dev() && input_meta.ino() == output_meta.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (input_meta, output_meta);
+        matches!((std::fs::canonicalize(input), std::fs::canonicalize(output)), (Ok(a), Ok(b)) if a == b)
+    }
+}

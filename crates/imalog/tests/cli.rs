@@ -1237,3 +1237,76 @@ fn generate_violations_every_n() {
     let zero_digest = format!(" {} ", "0".repeat(40));
     assert_eq!(text.lines().filter(|line| line.contains(&zero_digest)).count(), 10);
 }
+
+#[test]
+fn replay_single_record_says_record() {
+    let dir = temp_dir();
+    let list = dir.path().join("one.bin");
+    let run = imalog(["generate", "--records", "1", "-o", arg(&list)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = imalog(["replay", arg(&list), "--bank", "sha1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout_text().starts_with("# replayed 1 record (absolute index 0) from a cold boot\n"),
+        "{}",
+        run.stdout_text()
+    );
+}
+
+#[test]
+fn replay_json_match_has_no_mismatches() {
+    let dir = temp_dir();
+    let pcrs = write_file(&dir, "pcrs.yaml", ibmtss_quote_yaml());
+    let report = replay_json(&real("ibmtss/sha1.log"), &["--pcrs", arg(&pcrs)]);
+    assert_eq!(report["match"]["records"], 362);
+    assert_eq!(report["mismatches"], Value::Null);
+}
+
+#[test]
+fn replay_json_failure_lists_mismatches() {
+    let dir = temp_dir();
+    // Not all zero: the reset value is matched by the empty prefix.
+    let wrong = [("sha1", "11".repeat(20))];
+    let pcrs = write_file(&dir, "pcrs.yaml", pcr10_yaml(&[(wrong[0].0, wrong[0].1.as_str())]));
+    let run = imalog(["replay", arg(&real("ibmtss/sha1.log")), "--pcrs", arg(&pcrs), "--json"]);
+    assert_eq!(run.code, 1);
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["match"], Value::Null);
+    assert_eq!(report["mismatches"][0]["expected"], "11".repeat(20));
+    assert_eq!(report["mismatches"][0]["computed"], IBMTSS_PCR10[0].1);
+}
+
+#[test]
+fn replay_save_state_skipped_on_failure() {
+    let dir = temp_dir();
+    let pcrs = write_file(&dir, "pcrs.yaml", pcr10_yaml(&[("sha1", &"11".repeat(20))]));
+    let state = dir.path().join("state.json");
+    let run = imalog(["replay", arg(&real("ibmtss/sha1.log")), "--pcrs", arg(&pcrs), "--save-state", arg(&state)]);
+    assert_eq!(run.code, 1);
+    assert!(!state.exists(), "a state was saved for a list that failed verification");
+}
+
+#[test]
+fn replay_save_state_over_input_exits_2() {
+    let dir = temp_dir();
+    let list = write_file(&dir, "list.bin", read(&real("ibmtss/sha1.log")));
+    let run = imalog(["replay", arg(&list), "--save-state", arg(&list)]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--save-state names the list being replayed"), "{}", run.stderr);
+    assert_eq!(read(&list), read(&real("ibmtss/sha1.log")));
+}
+
+#[test]
+fn generate_unmapped_bank_writes_padded_sha1() {
+    let dir = temp_dir();
+    let list = dir.path().join("list_tpm_alg_99");
+    let run = imalog(["generate", "--records", "3", "--bank", "tpm_alg_99:40", "--format", "ascii", "-o", arg(&list)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = String::from_utf8(read(&list)).unwrap();
+    let digest = text.split(' ').nth(1).unwrap();
+    assert_eq!(digest.len(), 80);
+    assert!(digest.ends_with(&"0".repeat(40)), "{digest}");
+    let run = imalog(["show", "--input-bank", "tpm_alg_99:40", "--bank", "sha1", arg(&list)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout_text().contains(&digest[..40]));
+}

@@ -1,13 +1,11 @@
 //! `imalog convert`: rewrite a list in the other format, another bank or
 //! another byte order, as the kernel would have written it.
 
-use std::path::Path;
-
 use imalog_core::{ascii, binary};
 
 use crate::cli::{ConvertArgs, FormatArg};
 use crate::commands::{for_each_record, record_failure};
-use crate::input::{open_input, open_output};
+use crate::input::{is_same_file, open_input, open_output};
 use crate::outcome::{Failure, Outcome};
 use crate::progress::Progress;
 
@@ -65,26 +63,4 @@ pub fn run(args: &ConvertArgs, progress: bool) -> Outcome {
         output.write_all(&buffer).map_err(|e| Failure::write(e, &output_name))
     })?;
     output.flush().map_err(|e| Failure::write(e, &output_name))
-}
-
-/// Returns whether `output` is an existing file that is also `input`. On
-/// Unix it compares device and inode, so hard links and other spellings of
-/// the path count.
-fn is_same_file(input: &Path, output: &Path) -> bool {
-    if input.as_os_str() == "-" || output.as_os_str() == "-" {
-        return false;
-    }
-    let (Ok(input_meta), Ok(output_meta)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
-        return false;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        input_meta.dev() == output_meta.dev() && input_meta.ino() == output_meta.ino()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (input_meta, output_meta);
-        matches!((std::fs::canonicalize(input), std::fs::canonicalize(output)), (Ok(a), Ok(b)) if a == b)
-    }
 }

@@ -25,9 +25,6 @@ pub fn run(args: &GenerateArgs, progress: bool) -> Outcome {
     if args.format == FormatArg::Ascii && args.endian != imalog_core::ByteOrder::Little {
         return Err(Failure::Usage("--endian be applies to binary output only".into()));
     }
-    if args.bank.template_algorithm().is_none() && args.bank.tpm_algorithm().is_none() {
-        return Err(Failure::Usage(format!("bank {} has no known hash; cannot compute template digests", args.bank)));
-    }
     let options = SynthOptions {
         records: args.records,
         seed: args.seed,

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::ReplayArgs;
 use crate::commands::{for_each_record, record_failure};
-use crate::input::{open_input, open_output, read_text};
+use crate::input::{is_same_file, open_input, open_output, read_text};
 use crate::outcome::{Failure, Outcome};
 use crate::progress::Progress;
 use crate::state::{parse_state, render_state};
@@ -19,6 +19,14 @@ use crate::state::{parse_state, render_state};
 /// Runs `imalog replay`.
 pub fn run(args: &ReplayArgs, progress: bool) -> Outcome {
     check_single_stdin(args)?;
+    if let Some(path) = &args.save_state {
+        if is_same_file(&args.file, path) {
+            return Err(Failure::Usage(format!(
+                "{}: --save-state names the list being replayed; give another file",
+                path.display()
+            )));
+        }
+    }
     let (start, state_name) = match &args.from_state {
         Some(path) => {
             let (name, text) = read_text(path, "the replay state")?;
@@ -164,11 +172,6 @@ fn report(
     let first = start.next_index;
     let next = replayer.next_index();
 
-    if let Some(path) = &args.save_state {
-        std::fs::write(path, render_state(&replayer.state()))
-            .map_err(|e| Failure::Usage(format!("{}: cannot write the replay state: {e}", path.display())))?;
-    }
-
     let matched = replayer.prefix_match();
     let (output_name, mut output) = open_output("-".as_ref())?;
     let text = if args.json {
@@ -181,6 +184,7 @@ fn report(
         };
         let mut text = match records {
             0 => format!("# replayed 0 records {origin}\n"),
+            1 => format!("# replayed 1 record (absolute index {first}) {origin}\n"),
             _ => format!("# replayed {records} records (absolute indexes {first} to {}) {origin}\n", next - 1),
         };
         text.push_str(&format_pcr_yaml(&values));
@@ -216,7 +220,14 @@ fn report(
     output.write_all(text.as_bytes()).map_err(|e| Failure::write(e, &output_name))?;
     output.flush().map_err(|e| Failure::write(e, &output_name))?;
 
-    if expected.is_some() && matched.is_none() {
+    let failed = expected.is_some() && matched.is_none();
+    if !failed {
+        if let Some(path) = &args.save_state {
+            std::fs::write(path, render_state(&replayer.state()))
+                .map_err(|e| Failure::Usage(format!("{}: cannot write the replay state: {e}", path.display())))?;
+        }
+    }
+    if failed {
         let mismatches = replayer.mismatches();
         let detail = mismatches.first().map(|m| m.to_string()).unwrap_or_default();
         return Err(Failure::Verification(format!(
@@ -260,7 +271,7 @@ fn json_report(
         "banks": replayer.banks().iter().map(|b| b.to_string()).collect::<Vec<_>>(),
         "pcrs": pcrs,
         "checked": checked,
+        "mismatches": if checked && matched.is_none() { json!(mismatches) } else { Value::Null },
         "match": matched,
-        "mismatches": if checked { json!(mismatches) } else { Value::Null },
     })
 }
