@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::byte_order::ByteOrder;
 use crate::error::{DecodeError, DecodeErrorKind, Location};
 use crate::field;
-use crate::hash::Digest;
+use crate::hash::{Digest, MAX_DIGEST_SIZE};
 use crate::hex;
 use crate::record::Record;
 use crate::template::{FieldId, Template};
@@ -243,7 +243,18 @@ impl<R: BufRead> AsciiDecoder<R> {
                 found: String::from_utf8_lossy(text).into_owned(),
             })
         })?;
-        let expected = *self.digest_size.get_or_insert(bytes.len());
+        let expected = match self.digest_size {
+            Some(size) => size,
+            // The first line fixes the width, which must be a bank's.
+            None if (20..=MAX_DIGEST_SIZE).contains(&bytes.len()) => *self.digest_size.insert(bytes.len()),
+            None => {
+                let found = bytes.len();
+                let message = format!(
+                    "template digest is {found} bytes; expected 20 to {MAX_DIGEST_SIZE} bytes, a PCR bank digest size"
+                );
+                return Err(self.error(DecodeErrorKind::Line(message)));
+            }
+        };
         if bytes.len() != expected || Digest::from_slice(&bytes).is_none() {
             return Err(self.error(DecodeErrorKind::DigestWidth { expected, found: bytes.len() }));
         }
@@ -462,6 +473,16 @@ mod tests {
         assert_eq!(error.location, Location::Line(2));
         assert!(matches!(error.kind, DecodeErrorKind::DigestWidth { expected: 20, found: 32 }));
         assert!(decoder.next().is_none());
+    }
+
+    #[test]
+    fn ascii_rejects_non_bank_digest_width() {
+        for digest in ["", "11", &"11".repeat(19), &"11".repeat(65)] {
+            let error = decode_one(&format!("10 {digest} ima-ng sha1:{} /a\n", "22".repeat(20))).unwrap_err();
+            assert_eq!(error.location, Location::Line(1));
+            assert!(error.to_string().contains("expected 20 to 64"), "{error}");
+        }
+        assert!(decode_one(&format!("10 {} ima-ng sha1:{} /a\n", "11".repeat(21), "22".repeat(20))).is_ok());
     }
 
     #[test]

@@ -229,7 +229,12 @@ impl<R: BufRead> BinaryDecoder<R> {
             return Ok(false);
         }
         if found < 4 {
-            return Err(self.error(self.record_start, DecodeErrorKind::TrailingBytes { count: found as u64 }));
+            let kind = if self.index == 0 {
+                DecodeErrorKind::Truncated { item: "PCR index", expected: 4, found: found as u64 }
+            } else {
+                DecodeErrorKind::TrailingBytes { count: found as u64 }
+            };
+            return Err(self.error(self.record_start, kind));
         }
         let word = [header[0], header[1], header[2], header[3]];
         let pcr = order.u32(word);

@@ -83,13 +83,17 @@ pub enum FieldError {
 
 /// Checks that `data` has the structure `field` requires. `legacy` selects
 /// the `ima` template's limits (`d` exactly 20 bytes, `n` at most 255
-/// characters).
+/// characters and never empty: it contains at least its NUL).
 pub fn validate(field: FieldId, data: &[u8], legacy: bool) -> Result<(), FieldError> {
     if data.is_empty() {
-        // Every field may be empty except the legacy template's digest,
-        // whose binary form has no length word.
+        // Every field may be empty except the legacy template's two: its
+        // digest has no length word in the binary form, and its name is
+        // written as a character count that decoding reads back with a NUL.
         if legacy && field == FieldId::D {
             return Err(FieldError::Length { field, expected: "20", found: 0 });
+        }
+        if legacy && field == FieldId::N {
+            return Err(FieldError::UnterminatedString { field });
         }
         return Ok(());
     }
@@ -453,6 +457,15 @@ mod tests {
         let mut long = vec![b'a'; 255];
         long.push(0);
         assert!(validate(FieldId::N, &long, true).is_ok());
+    }
+
+    #[test]
+    fn legacy_name_must_not_be_empty() {
+        // The binary `ima` record stores strlen(name), so an empty field
+        // would decode as a lone NUL: a different record.
+        assert_eq!(validate(FieldId::N, b"", true), Err(FieldError::UnterminatedString { field: FieldId::N }));
+        assert_eq!(validate(FieldId::N, b"\0", true), Ok(()));
+        assert_eq!(validate(FieldId::N, b"", false), Ok(()));
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct ListReader<R: Read> {
     inner: Inner<R>,
     format: Option<ListFormat>,
     options: ListOptions,
+    /// Set once an error has been returned; later reads return no record.
+    failed: bool,
 }
 
 impl<R: Read> ListReader<R> {
@@ -119,10 +121,18 @@ impl<R: Read> ListReader<R> {
             kind: e.into(),
         })?;
         if prefix.is_empty() {
-            return Ok(ListReader { inner: Inner::Empty, format: None, options });
+            return Ok(ListReader { inner: Inner::Empty, format: None, options, failed: false });
         }
 
-        let kind = options.kind.unwrap_or_else(|| guess_kind(&prefix));
+        let guessed = guess_kind(&prefix);
+        if options.kind == Some(ListKind::Ascii) && guessed == ListKind::Binary {
+            return Err(unrecognised(
+                "the input has NUL bytes in its first 4 bytes, so it is a binary list, not ASCII; \
+                 drop --input-format ascii"
+                    .into(),
+            ));
+        }
+        let kind = options.kind.unwrap_or(guessed);
         match kind {
             ListKind::Binary => {
                 let layout = detect_binary_layout(&prefix, at_eof, &options)?;
@@ -138,6 +148,7 @@ impl<R: Read> ListReader<R> {
                     inner: Inner::Binary(BinaryDecoder::new(source, layout)),
                     format: Some(ListFormat { kind, bank, byte_order: layout.byte_order }),
                     options,
+                    failed: false,
                 })
             }
             ListKind::Ascii => {
@@ -148,6 +159,7 @@ impl<R: Read> ListReader<R> {
                     inner: Inner::Ascii(AsciiDecoder::new(source, size, byte_order)),
                     format: None,
                     options,
+                    failed: false,
                 };
                 if let Some(bank) = options.bank {
                     list.format = Some(ListFormat { kind, bank, byte_order });
@@ -163,8 +175,18 @@ impl<R: Read> ListReader<R> {
         self.format
     }
 
-    /// Decodes the next record into `record`. Returns `Ok(false)` at the end.
+    /// Decodes the next record into `record`. Returns `Ok(false)` at the
+    /// end, and after an error has been returned once.
     pub fn read_record(&mut self, record: &mut Record) -> Result<bool, DecodeError> {
+        if self.failed {
+            return Ok(false);
+        }
+        let result = self.decode_next(record);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn decode_next(&mut self, record: &mut Record) -> Result<bool, DecodeError> {
         match &mut self.inner {
             Inner::Empty => Ok(false),
             Inner::Binary(decoder) => decoder.read_record(record),
@@ -283,11 +305,18 @@ fn detect_binary_layout(prefix: &[u8], at_eof: bool, options: &ListOptions) -> R
     };
 
     let mut best: Option<(u8, DecodeError)> = None;
+    // A layout under which only the first record decodes, kept in case no
+    // layout decodes two: the second record may be corrupt, and the decoder
+    // should then return the first record before reporting it.
+    let mut first_only: Option<BinaryLayout> = None;
     for &byte_order in &orders {
         for &digest_size in &sizes {
             let layout = BinaryLayout { digest_size, byte_order };
             match probe(prefix, at_eof, layout) {
                 Ok(()) => return Ok(layout),
+                Err(error) if error.record > 0 => {
+                    first_only.get_or_insert(layout);
+                }
                 Err(error) => {
                     let stage = failure_stage(&error);
                     if best.as_ref().is_none_or(|(best_stage, _)| stage > *best_stage) {
@@ -298,6 +327,9 @@ fn detect_binary_layout(prefix: &[u8], at_eof: bool, options: &ListOptions) -> R
         }
     }
 
+    if let Some(layout) = first_only {
+        return Ok(layout);
+    }
     if let Some(error) = length_prefixed_digest(prefix, &orders) {
         return Err(error);
     }
@@ -391,6 +423,62 @@ mod tests {
         assert_eq!(bank_from_file_name("x_tpm_alg_27").map(|b| b.tpm_alg_id()), Some(0x27));
         assert_eq!(bank_from_file_name("binary_runtime_measurements"), None);
         assert_eq!(bank_from_file_name("sha1.log"), None);
+    }
+
+    #[test]
+    fn list_reader_stops_after_unknown_ascii_digest_width() {
+        // 21-byte template digests belong to no default bank; the reader's
+        // own error must end the list like a decoder error does.
+        let line = format!("10 {} ima-ng sha1:{} /a\n", "11".repeat(21), "22".repeat(20));
+        let text = line.repeat(3);
+        let mut reader = ListReader::open(text.as_bytes(), ListOptions::default()).unwrap();
+        let error = reader.next().unwrap().unwrap_err();
+        assert!(matches!(error.kind, DecodeErrorKind::Unrecognised(_)), "{error}");
+        assert_eq!(error.location, Location::Line(1));
+        assert!(reader.next().is_none());
+    }
+
+    #[test]
+    fn detection_keeps_layout_when_second_record_is_corrupt() {
+        let mut bytes = Vec::new();
+        for record in crate::synth::SyntheticList::new(crate::synth::SynthOptions { records: 2, ..Default::default() })
+        {
+            crate::binary::encode_record(&record, &record.digest, ByteOrder::Little, &mut bytes);
+        }
+        let first_len = {
+            let mut one = Vec::new();
+            let record =
+                crate::synth::SyntheticList::new(crate::synth::SynthOptions { records: 1, ..Default::default() })
+                    .next()
+                    .unwrap();
+            crate::binary::encode_record(&record, &record.digest, ByteOrder::Little, &mut one);
+            one.len()
+        };
+        // An unknown template name in the second record.
+        let name_at = first_len + 4 + 20 + 4;
+        bytes[name_at] = b'X';
+        let mut reader = ListReader::open(bytes.as_slice(), ListOptions::default()).unwrap();
+        assert!(reader.next().unwrap().is_ok());
+        let error = reader.next().unwrap().unwrap_err();
+        assert_eq!(error.record, 1);
+        assert_eq!(error.location, Location::Offset(name_at as u64));
+    }
+
+    #[test]
+    fn forced_ascii_on_binary_input_is_rejected() {
+        let options = ListOptions { kind: Some(ListKind::Ascii), ..Default::default() };
+        let error = ListReader::open(&b"\x0a\x00\x00\x00rest"[..], options).err().unwrap();
+        assert!(error.to_string().contains("it is a binary list, not ASCII"), "{error}");
+    }
+
+    #[test]
+    fn short_binary_input_is_truncated_pcr_index() {
+        let options = ListOptions { kind: Some(ListKind::Binary), bank: Some(Bank::SHA1), ..Default::default() };
+        let error = match ListReader::open(&b"\x0a\x00\x00"[..], options) {
+            Err(error) => error,
+            Ok(mut reader) => reader.next().unwrap().unwrap_err(),
+        };
+        assert_eq!(error.to_string(), "record 0 at offset 0: truncated PCR index: expected 4 bytes, found 3");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::template::{FieldId, Template, MAX_FIELDS};
 /// the data. For every template but `ima` these bytes are also exactly the
 /// template digest input of a little-endian kernel, so decoding can hand its
 /// buffer over and hashing needs one call.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct TemplateData {
     bytes: Vec<u8>,
     /// `ends[i]` is the end offset of field `i`'s data in `bytes`; only the
@@ -34,6 +34,19 @@ pub struct TemplateData {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("template data is full: at most 15 fields and 4 GiB")]
 pub struct TemplateDataFull;
+
+/// Equal when the fields are: `ends` past `count` may hold stale offsets
+/// from a longer record that a decoder wrote into the same buffers.
+impl PartialEq for TemplateData {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count
+            && self.bytes == other.bytes
+            && self.ends[..self.len()] == other.ends[..other.len()]
+            && self.open == other.open
+    }
+}
+
+impl Eq for TemplateData {}
 
 impl TemplateData {
     /// Empty template data.
@@ -374,6 +387,15 @@ mod tests {
         name[..5].copy_from_slice(b"/init");
         input.extend_from_slice(&name);
         assert_eq!(record.template_digest(HashAlgorithm::Sha1), HashAlgorithm::Sha1.digest(&input));
+    }
+
+    #[test]
+    fn template_data_equality_ignores_stale_field_ends() {
+        let mut reused = TemplateData::from_fields([&b"a"[..], b"b", b"c"]).unwrap();
+        reused.clear();
+        reused.push(b"x").unwrap();
+        assert_eq!(reused, TemplateData::from_fields([&b"x"[..]]).unwrap());
+        assert_ne!(reused, TemplateData::from_fields([&b"y"[..]]).unwrap());
     }
 
     #[test]

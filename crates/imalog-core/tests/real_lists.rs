@@ -411,7 +411,9 @@ fn binary_buffered_and_item_paths_agree() {
     ] {
         let bytes = fs::read(real(file)).unwrap();
         let layout = match ListReader::open(bytes.as_slice(), options_for(&real(file))).unwrap().format() {
-            Some(format) => binary::BinaryLayout { digest_size: format.bank.digest_size(), byte_order: format.byte_order },
+            Some(format) => {
+                binary::BinaryLayout { digest_size: format.bank.digest_size(), byte_order: format.byte_order }
+            }
             None => panic!("{file}: no format"),
         };
         let buffered: Vec<_> = binary::BinaryDecoder::new(bytes.as_slice(), layout).collect();
@@ -426,4 +428,43 @@ fn binary_buffered_and_item_paths_agree() {
             }
         }
     }
+}
+
+#[test]
+fn unmapped_bank_extends_padded_sha1_with_its_own_hash() {
+    // A SHA3-256 bank: the kernel logs the SHA-1 template digest padded
+    // with zeros to 32 bytes, and the TPM extends it with SHA3-256.
+    let (records, bank) = read_list("ibmtss/sha1.log");
+    let sha3: Bank = "sha3_256".parse().unwrap();
+    let state = replay(&records, bank, &[sha3]);
+    let mut pcr = [0u8; 32];
+    for record in &records {
+        let mut value = [0u8; 32];
+        value[..20].copy_from_slice(record.template_digest(imalog_core::HashAlgorithm::Sha1).as_bytes());
+        let mut input = pcr.to_vec();
+        input.extend_from_slice(&value);
+        pcr.copy_from_slice(imalog_core::HashAlgorithm::Sha3_256.digest(&input).as_bytes());
+    }
+    assert_eq!(state.value(&sha3, 10).as_bytes(), &pcr);
+    assert_eq!(pcr10(&state, sha3), "f899c2ab9ad17eac2bae1c627915e07cd2b8b8b20dc2dcfd57b8235cb6eaab8b");
+}
+
+#[test]
+fn unmapped_bank_violation_pattern_is_20_ff_bytes() {
+    let (records, bank) = read_list("tpm2-tss/sml-ima-sig-sha256-invalidated.bin");
+    let sha3: Bank = "sha3_256".parse().unwrap();
+    let state = replay(&records, bank, &[sha3]);
+    let mut pcr = [0u8; 32];
+    for record in &records {
+        let mut value = [0u8; 32];
+        if record.is_violation() {
+            value[..20].fill(0xff);
+        } else {
+            value[..20].copy_from_slice(record.template_digest(imalog_core::HashAlgorithm::Sha1).as_bytes());
+        }
+        let mut input = pcr.to_vec();
+        input.extend_from_slice(&value);
+        pcr.copy_from_slice(imalog_core::HashAlgorithm::Sha3_256.digest(&input).as_bytes());
+    }
+    assert_eq!(state.value(&sha3, 10).as_bytes(), &pcr);
 }

@@ -1310,3 +1310,10 @@ fn generate_unmapped_bank_writes_padded_sha1() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout_text().contains(&digest[..40]));
 }
+
+#[test]
+fn forced_ascii_on_binary_list_exits_1() {
+    let run = imalog(["show", "--input-format", "ascii", arg(&real("ibmtss/sha1.log"))]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("it is a binary list, not ASCII; drop --input-format ascii"), "{}", run.stderr);
+}
