@@ -36,6 +36,7 @@ pub mod format;
 pub mod hash;
 pub mod hex;
 pub mod pcrs;
+pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod synth;
@@ -54,5 +55,5 @@ pub use format::{bank_from_file_name, open_list, ListFormat, ListKind, ListOptio
 pub use hash::{Digest, HashAlgorithm, Hasher, MAX_DIGEST_SIZE};
 pub use pcrs::{format_pcr_yaml, parse_pcr_yaml, PcrFileError};
 pub use record::{Record, RecordError, TemplateData};
-pub use replay::{ExpectedPcr, PcrMismatch, PrefixMatch, ReplayError, ReplayState, Replayer};
+pub use replay::{ExpectedPcr, PcrMismatch, PrefixMatch, ReplayError, ReplayPlan, ReplayState, Replayer};
 pub use template::{FieldFormat, FieldId, Template, TemplateError};

@@ -140,9 +140,63 @@ struct BankTrack {
     values: Box<[Option<Digest>; PCR_SLOTS]>,
 }
 
+/// The part of a replay that needs no replay state: which banks, which
+/// bank the logged digests are in, and whether to check them. It computes
+/// what each record extends, so that worker threads can do that hashing
+/// while the replay extends in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayPlan {
+    list_bank: Bank,
+    banks: Vec<Bank>,
+    verify_digests: bool,
+}
+
+impl ReplayPlan {
+    /// The replayed banks, in the order values are produced.
+    pub fn banks(&self) -> &[Bank] {
+        &self.banks
+    }
+
+    /// Checks the record's logged template digest and appends the value it
+    /// extends into each bank to `values`. `index` is the record's absolute
+    /// index, for errors.
+    pub fn prepare_into(&self, record: &Record, index: u64, values: &mut Vec<Digest>) -> Result<(), ReplayError> {
+        if record.pcr > MAX_PCR_INDEX {
+            return Err(ReplayError::PcrOutOfRange(record.pcr));
+        }
+        let violation = record.is_violation();
+        let mut cache = DigestCache::default();
+        if self.verify_digests && !violation {
+            if record.digest.len() != self.list_bank.digest_size() {
+                return Err(ReplayError::DigestSize {
+                    index,
+                    bank: self.list_bank,
+                    expected: self.list_bank.digest_size(),
+                    found: record.digest.len(),
+                });
+            }
+            let computed = cache.bank_digest(record, &self.list_bank);
+            if computed != record.digest {
+                return Err(ReplayError::DigestMismatch {
+                    index,
+                    bank: self.list_bank,
+                    logged: record.digest,
+                    computed,
+                });
+            }
+        }
+        for bank in &self.banks {
+            values.push(if violation { bank.violation_digest() } else { cache.bank_digest(record, bank) });
+        }
+        Ok(())
+    }
+}
+
 /// Replays records in several banks and tracks quote matches.
 pub struct Replayer {
-    list_bank: Bank,
+    plan: ReplayPlan,
+    /// Reused by [`Replayer::replay`] for one record's values.
+    scratch: Vec<Digest>,
     tracks: Vec<BankTrack>,
     next_index: u64,
     expected: Vec<ExpectedPcr>,
@@ -150,7 +204,6 @@ pub struct Replayer {
     matched: Vec<bool>,
     matching: usize,
     prefix: Option<PrefixMatch>,
-    verify_digests: bool,
 }
 
 impl Replayer {
@@ -179,22 +232,29 @@ impl Replayer {
                 track.values[*pcr as usize] = Some(*value);
             }
         }
+        let plan = ReplayPlan { list_bank, banks: tracks.iter().map(|t| t.bank).collect(), verify_digests: true };
         Ok(Replayer {
-            list_bank,
+            plan,
+            scratch: Vec::new(),
             tracks,
             next_index: start.next_index,
             expected: Vec::new(),
             matched: Vec::new(),
             matching: 0,
             prefix: None,
-            verify_digests: true,
         })
     }
 
     /// Disables the check of logged template digests, for records whose
     /// digest slot is known to be unrelated to the list bank.
     pub fn skip_digest_check(&mut self) {
-        self.verify_digests = false;
+        self.plan.verify_digests = false;
+    }
+
+    /// The plan of this replay; it changes when [`Replayer::expect`] adds
+    /// banks.
+    pub fn plan(&self) -> &ReplayPlan {
+        &self.plan
     }
 
     /// Sets the PCR values to match; banks named here are replayed too.
@@ -208,6 +268,7 @@ impl Replayer {
                     return Err(ReplayError::UnsupportedBank(entry.bank));
                 }
                 self.tracks.push(BankTrack { bank: entry.bank, values: Box::new([None; PCR_SLOTS]) });
+                self.plan.banks.push(entry.bank);
             }
         }
         self.expected = expected.to_vec();
@@ -256,45 +317,32 @@ impl Replayer {
 
     /// Extends the record into every bank and advances the index.
     pub fn replay(&mut self, record: &Record) -> Result<(), ReplayError> {
-        let index = self.next_index;
-        if record.pcr > MAX_PCR_INDEX {
-            return Err(ReplayError::PcrOutOfRange(record.pcr));
-        }
-        let violation = record.is_violation();
-        let mut cache = DigestCache::default();
+        let mut values = std::mem::take(&mut self.scratch);
+        values.clear();
+        let prepared = self.plan.prepare_into(record, self.next_index, &mut values);
+        let result = prepared.and_then(|()| self.apply(record.pcr, &values));
+        self.scratch = values;
+        result
+    }
 
-        if self.verify_digests && !violation {
-            if record.digest.len() != self.list_bank.digest_size() {
-                return Err(ReplayError::DigestSize {
-                    index,
-                    bank: self.list_bank,
-                    expected: self.list_bank.digest_size(),
-                    found: record.digest.len(),
-                });
-            }
-            let computed = cache.bank_digest(record, &self.list_bank);
-            if computed != record.digest {
-                return Err(ReplayError::DigestMismatch {
-                    index,
-                    bank: self.list_bank,
-                    logged: record.digest,
-                    computed,
-                });
-            }
+    /// Extends values that [`ReplayPlan::prepare_into`] computed with this
+    /// replay's plan (one per bank, in plan order) into `pcr`, and advances
+    /// the index.
+    pub fn apply(&mut self, pcr: u32, values: &[Digest]) -> Result<(), ReplayError> {
+        if pcr > MAX_PCR_INDEX {
+            return Err(ReplayError::PcrOutOfRange(pcr));
         }
-
-        let slot = record.pcr as usize;
-        for track in &mut self.tracks {
-            let value = if violation { track.bank.violation_digest() } else { cache.bank_digest(record, &track.bank) };
+        let slot = pcr as usize;
+        for (track, value) in self.tracks.iter_mut().zip(values) {
             let old = track.values[slot].unwrap_or_else(|| track.bank.reset_value());
-            let new = track.bank.extend(&old, &value).ok_or(ReplayError::UnsupportedBank(track.bank))?;
+            let new = track.bank.extend(&old, value).ok_or(ReplayError::UnsupportedBank(track.bank))?;
             track.values[slot] = Some(new);
         }
         self.next_index += 1;
 
         if !self.expected.is_empty() {
             for i in 0..self.expected.len() {
-                if self.expected[i].pcr == record.pcr {
+                if self.expected[i].pcr == pcr {
                     self.refresh_match(i);
                 }
             }

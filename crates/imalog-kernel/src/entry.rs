@@ -107,21 +107,14 @@ pub fn build_template_data(
     let mut field = Vec::with_capacity(128);
     for id in template.fields() {
         field.clear();
-        write_field(*id, template.is_legacy_ima(), event, ima_hash, order, &mut field);
+        write_field(*id, event, ima_hash, order, &mut field);
         // Templates have at most 15 fields, so every push fits.
         let _ = data.push(&field);
     }
     data
 }
 
-fn write_field(
-    id: FieldId,
-    legacy: bool,
-    event: &EventData<'_>,
-    ima_hash: HashAlgorithm,
-    order: ByteOrder,
-    out: &mut Vec<u8>,
-) {
+fn write_field(id: FieldId, event: &EventData<'_>, ima_hash: HashAlgorithm, order: ByteOrder, out: &mut Vec<u8>) {
     let digest = match (&event.digest, event.violation) {
         (Some((algorithm, digest)), false) => Some((*algorithm, *digest)),
         _ => None,
@@ -154,13 +147,12 @@ fn write_field(
         }
         FieldId::N | FieldId::NNg => {
             let mut name = event.name;
-            if legacy || id == FieldId::N {
-                if name.len() > LEGACY_NAME_MAX {
-                    name = match event.file_name {
-                        Some(short) if short.len() <= LEGACY_NAME_MAX => short,
-                        _ => &name[..LEGACY_NAME_MAX],
-                    };
-                }
+            // Only the legacy `n` field is limited to 255 characters.
+            if id == FieldId::N && name.len() > LEGACY_NAME_MAX {
+                name = match event.file_name {
+                    Some(short) if short.len() <= LEGACY_NAME_MAX => short,
+                    _ => &name[..LEGACY_NAME_MAX],
+                };
             }
             out.extend(name.iter().map(|&b| if b == b' ' { b'_' } else { b }));
             out.push(0);
@@ -196,12 +188,10 @@ fn write_field(
                 out.extend_from_slice(&order.u16_bytes(mode));
             }
         }
-        FieldId::XattrNames => {
-            if !event.protected_xattrs.is_empty() {
-                let names: Vec<&str> = event.protected_xattrs.iter().map(|(n, _)| *n).collect();
-                out.extend_from_slice(names.join("|").as_bytes());
-                out.push(0);
-            }
+        FieldId::XattrNames if !event.protected_xattrs.is_empty() => {
+            let names: Vec<&str> = event.protected_xattrs.iter().map(|(n, _)| *n).collect();
+            out.extend_from_slice(names.join("|").as_bytes());
+            out.push(0);
         }
         FieldId::XattrLengths => {
             for (_, value) in &event.protected_xattrs {
@@ -275,18 +265,18 @@ mod tests {
 
     #[test]
     fn signature_field_takes_only_signatures() {
-        let signature = [IMA_XATTR_DIGSIG, 2, 4, 1, 2, 3, 4, 0, 1, 9];
-        let hash_xattr = [4u8, 1, 2, 3];
-        let portable = [EVM_XATTR_PORTABLE_DIGSIG, 2, 4];
+        const SIGNATURE: &[u8] = &[IMA_XATTR_DIGSIG, 2, 4, 1, 2, 3, 4, 0, 1, 9];
+        const HASH_XATTR: &[u8] = &[4, 1, 2, 3];
+        const PORTABLE: &[u8] = &[EVM_XATTR_PORTABLE_DIGSIG, 2, 4];
         let template = Template::builtin("ima-sig").unwrap();
         let digest = Some((HashAlgorithm::Sha256, Digest::zero(32)));
         let with = |ima: &'static [u8], evm: Option<&'static [u8]>| {
             let event = EventData { name: b"/a", digest, ima_xattr: Some(ima), evm_xattr: evm, ..Default::default() };
             build_template_data(&template, &event, HashAlgorithm::Sha256, ByteOrder::Little).field(2).unwrap().to_vec()
         };
-        assert_eq!(with(&signature, None), signature);
-        assert_eq!(with(&hash_xattr, None), b"");
-        assert_eq!(with(&hash_xattr, Some(&portable)), portable);
+        assert_eq!(with(SIGNATURE, None), SIGNATURE);
+        assert_eq!(with(HASH_XATTR, None), b"");
+        assert_eq!(with(HASH_XATTR, Some(PORTABLE)), PORTABLE);
     }
 
     #[test]

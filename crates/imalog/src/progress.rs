@@ -32,7 +32,15 @@ impl Progress {
 
     /// Reports the records and bytes done so far; cheap when nothing is drawn.
     pub fn update(&mut self, records: u64, bytes: u64) {
-        if !self.enabled || records % 1024 != 0 {
+        if records % 1024 != 0 {
+            return;
+        }
+        self.update_now(records, bytes);
+    }
+
+    /// Like [`Progress::update`], for callers that report once per batch.
+    pub fn update_now(&mut self, records: u64, bytes: u64) {
+        if !self.enabled {
             return;
         }
         let now = Instant::now();

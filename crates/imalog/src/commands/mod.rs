@@ -42,7 +42,7 @@ pub fn for_each_record(
 }
 
 /// Reports ASCII lines whose empty trailing fields were missing.
-fn warn_short_lines(input: &Input) {
+pub fn warn_short_lines(input: &Input) {
     let count = input.reader.short_lines();
     if count > 0 {
         eprintln!(

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeSet;
 
+use imalog_core::pipeline::{self, PipelineError};
 use imalog_core::{format_pcr_yaml, parse_pcr_yaml, Bank, ExpectedPcr, ReplayState, Replayer};
 use serde_json::{json, Map, Value};
 
 use crate::cli::ReplayArgs;
-use crate::commands::{for_each_record, record_failure};
+use crate::commands::warn_short_lines;
 use crate::input::{is_same_file, open_input, open_output, read_text};
 use crate::outcome::{Failure, Outcome};
 use crate::progress::Progress;
@@ -50,18 +51,25 @@ pub fn run(args: &ReplayArgs, progress: bool) -> Outcome {
 
     let mut input = open_input(&args.file, &args.input)?;
     let mut progress = Progress::new("replay", progress);
-    let mut replayer: Option<Replayer> = None;
 
-    let records = for_each_record(&mut input, &mut progress, |record, format, input| {
-        if replayer.is_none() {
-            replayer = Some(new_replayer(args, format.bank, &start, expected.as_deref())?);
+    // Template digests are computed on a second thread while this one
+    // decodes and extends.
+    let replayed = pipeline::replay_list(
+        &mut input.reader,
+        |format| new_replayer(args, format.bank, &start, expected.as_deref()),
+        |records, bytes| progress.update_now(records, bytes),
+    );
+    progress.finish();
+    let replayer = match replayed {
+        Ok(replayer) => replayer,
+        Err(PipelineError::Decode(error)) => return Err(input.decode_failure(error)),
+        Err(PipelineError::Replay { record, location, error }) => {
+            return Err(Failure::Verification(format!("{}: record {record} at {location}: {error}", input.name)))
         }
-        let Some(active) = replayer.as_mut() else {
-            return Ok(());
-        };
-        let index = active.next_index();
-        active.replay(record).map_err(|e| record_failure(input, index - start.next_index, e))
-    })?;
+        Err(PipelineError::Start(failure)) => return Err(failure),
+    };
+    warn_short_lines(&input);
+    let records = input.reader.records_read();
 
     // An empty list still reports the starting state and can match it.
     let replayer = match replayer {
