@@ -2,9 +2,9 @@
 //! its helpers in the merged `ima_fs.c`).
 //!
 //! A write must be 2 to 21 bytes and end with a newline. `A` and `D` are
-//! accepted only on `_staged` files and only as exactly `"A\n"` and `"D\n"`;
-//! a decimal number N is accepted only on the original files and deletes the
-//! first N records of the current list. The number follows the kernel's
+//! accepted only on `_staged` files and only as exactly `"A\n"` and `"D\n"`.
+//! A decimal number N is accepted only on the original files, and deletes
+//! the first N records of the current list. The number follows the kernel's
 //! `kstrtoul(buf, 10)`: an optional `+`, decimal digits (leading zeros are
 //! fine), and one optional newline, since the final newline has already
 //! been replaced by a NUL; no sign, no `0x`, no spaces.
@@ -28,8 +28,8 @@ pub enum Command {
     DeleteFirst(u64),
 }
 
-/// Parses a write to a list file. `staged_file` tells whether the file is a
-/// `_staged` one, `flush_htable` whether `ima_flush_htable` is in effect.
+/// Parses a write to a list file. `staged_file` is true for a `_staged`
+/// file, `flush_htable` when `ima_flush_htable` is in effect.
 pub fn parse_command(bytes: &[u8], staged_file: bool, flush_htable: bool) -> Result<Command, Errno> {
     if !(MIN_WRITE..=MAX_WRITE).contains(&bytes.len()) {
         return Err(Errno::Einval);
@@ -65,8 +65,13 @@ pub fn parse_command(bytes: &[u8], staged_file: bool, flush_htable: bool) -> Res
 }
 
 /// `kstrtoul(text, 10)` on a 64-bit kernel: overflow is ERANGE even when
-/// junk follows the digits, no digits or junk is EINVAL.
+/// junk follows the digits, no digits or junk is EINVAL. The kernel parses a
+/// C string, so a NUL byte ends the number.
 fn parse_ulong(text: &[u8]) -> Result<u64, Errno> {
+    let text = match text.iter().position(|&b| b == 0) {
+        Some(nul) => &text[..nul],
+        None => text,
+    };
     let text = text.strip_prefix(b"+").unwrap_or(text);
     let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
     let mut value: u64 = 0;
@@ -130,5 +135,9 @@ mod tests {
         assert_eq!(original(b"100000000000000000000\n"), Err(Errno::Einval));
         assert_eq!(original(b"1234567890123456789012\n"), Err(Errno::Einval));
         assert_eq!(parse_command(b"5\n", false, true), Err(Errno::Einval));
+        // The number is read as a C string: a NUL ends it.
+        assert_eq!(original(b"5\0\n"), Ok(Command::DeleteFirst(5)));
+        assert_eq!(original(b"5\0x\n"), Ok(Command::DeleteFirst(5)));
+        assert_eq!(original(b"\x005\n"), Err(Errno::Einval));
     }
 }

@@ -9,7 +9,8 @@ use std::fmt;
 pub enum Errno {
     /// Write open without CAP_SYS_ADMIN.
     Eperm = 1,
-    /// Nothing to stage or delete, or fewer than N records.
+    /// Nothing to stage or delete, fewer than N records, or no such list
+    /// file.
     Enoent = 2,
     /// Write on a descriptor not opened for writing (the VFS check).
     Ebadf = 9,
@@ -36,12 +37,12 @@ pub enum Errno {
 }
 
 impl Errno {
-    /// The Linux errno number.
+    /// Returns the Linux errno number.
     pub fn code(self) -> i32 {
         self as i32
     }
 
-    /// The symbolic name, such as `EBUSY`.
+    /// Returns the symbolic name, such as `EBUSY`.
     pub fn name(self) -> &'static str {
         match self {
             Errno::Eperm => "EPERM",

@@ -30,7 +30,7 @@ pub struct ListFile {
 pub struct FileInfo {
     /// File name under `integrity/ima/`.
     pub name: String,
-    /// What it shows.
+    /// The list and digest slot it shows.
     pub file: ListFile,
     /// Permission bits: 0660 when it takes commands, 0440 otherwise.
     pub mode: u32,
@@ -85,7 +85,7 @@ fn format_name(format: ListKind) -> &'static str {
 }
 
 impl Ima {
-    /// The list files in the order securityfs creates them: per exported
+    /// Returns the list files in the order securityfs creates them: per exported
     /// slot the ASCII then the binary file, then the `_staged` set when
     /// staging is configured.
     pub fn list_files(&self) -> Vec<FileInfo> {
@@ -114,7 +114,7 @@ impl Ima {
         files
     }
 
-    /// The symbolic links: the legacy names point at the SHA-1 files.
+    /// Returns the symbolic links, which point the legacy names at the SHA-1 files.
     pub fn list_links(&self) -> Vec<LinkInfo> {
         let sha1 = self.slots.all()[self.slots.sha1()].bank.file_suffix();
         let mut links = Vec::new();
@@ -137,9 +137,14 @@ impl Ima {
         self.list_files().into_iter().find(|f| f.name == name)
     }
 
-    /// Opens a list file (`ima_measure_lock`). A write open of a read-only
-    /// file fails with EACCES as the VFS permission check would.
+    /// Opens a list file (`ima_measure_lock`). A file that securityfs did not
+    /// create fails with ENOENT and a write open of a read-only file with
+    /// EACCES, as the VFS path lookup and permission check would.
     pub fn open_list(&self, file: ListFile, write: bool, caller: Caller) -> Result<Handle, Errno> {
+        let exported = self.slots.all().get(file.slot).is_some_and(|slot| slot.exported);
+        if !exported || (file.staged && !self.config.staging) {
+            return Err(Errno::Enoent);
+        }
         if write && !file.staged && !self.config.original_files_writable() {
             return Err(Errno::Eacces);
         }
@@ -167,7 +172,7 @@ impl Ima {
         Ok(data.len())
     }
 
-    /// A write whose user buffer cannot be copied: lengths are checked
+    /// Writes from a user buffer that cannot be copied: lengths are checked
     /// first, then the copy fails with EFAULT.
     pub fn write_list_faulting(&self, handle: &Handle, len: usize) -> Result<usize, Errno> {
         if !handle.write {

@@ -63,7 +63,7 @@ pub struct Counters {
     pub violations: u64,
 }
 
-/// What became of a measurement.
+/// The outcome of an appended measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
     /// Appended to the current list and extended into the TPM.
@@ -119,7 +119,10 @@ pub struct Ima {
     pub(crate) generation: AtomicU64,
     /// How long the last `A`, `D` or `N` held the list mutex, in ns.
     last_command_hold_ns: AtomicU64,
-    /// The template descriptors this instance knows, custom ones included.
+    /// Records freed by `D` and `N` since the last
+    /// [`Ima::release_free_memory`].
+    freed_records: AtomicU64,
+    /// The template descriptors of this instance, custom ones included.
     pub(crate) templates: Mutex<Vec<Arc<Template>>>,
 }
 
@@ -129,7 +132,7 @@ fn add_size(counter: &mut u64, value: u64) {
 }
 
 impl Ima {
-    /// An instance with empty lists and no boot aggregate yet.
+    /// Creates an instance with empty lists and no boot aggregate yet.
     pub(crate) fn empty(config: KernelConfig, tpm: Option<Box<dyn Tpm>>) -> Self {
         let banks = tpm.as_ref().map(|t| t.banks()).unwrap_or_default();
         let slots = Slots::new(&banks, config.ima_hash);
@@ -158,6 +161,7 @@ impl Ima {
             violations: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             last_command_hold_ns: AtomicU64::new(0),
+            freed_records: AtomicU64::new(0),
             templates: Mutex::new(templates),
             config,
         }
@@ -177,7 +181,7 @@ impl Ima {
         &self.config
     }
 
-    /// The template digest slots.
+    /// Returns the template digest slots.
     pub fn slots(&self) -> &Slots {
         &self.slots
     }
@@ -189,7 +193,7 @@ impl Ima {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The byte order of records.
+    /// Returns the byte order of records.
     pub fn byte_order(&self) -> ByteOrder {
         self.config.list_byte_order()
     }
@@ -208,7 +212,7 @@ impl Ima {
         }
     }
 
-    /// The audit counters.
+    /// Returns the audit counters.
     pub fn audit_counts(&self) -> AuditCounts {
         self.lock().audit
     }
@@ -228,7 +232,7 @@ impl Ima {
         self.lock().current.len
     }
 
-    /// How long the last `A`, `D` or `N` held the list mutex.
+    /// Returns how long the last `A`, `D` or `N` held the list mutex.
     pub fn last_command_lock_hold(&self) -> Duration {
         Duration::from_nanos(self.last_command_hold_ns.load(Ordering::Relaxed))
     }
@@ -350,8 +354,8 @@ impl Ima {
         let event = EventData {
             name: BOOT_AGGREGATE_NAME,
             digest: Some((algorithm, digest)),
-            // The legacy `d` field holds a SHA-1 aggregate only; with
-            // another bank it is zero.
+            // The legacy `d` field carries a SHA-1 aggregate only, and is
+            // zero with another bank.
             sha1: Some(legacy_digest.unwrap_or_else(|| Digest::zero(20))),
             ..Default::default()
         };
@@ -360,8 +364,8 @@ impl Ima {
         self.append(entry, false, false).map_err(KernelError::BootAggregate)
     }
 
-    /// The boot aggregate (`ima_calc_boot_aggregate`): a hash over PCRs 0 to
-    /// 7 of one bank, plus 8 and 9 unless the bank is SHA-1. The bank is the
+    /// Computes the boot aggregate (`ima_calc_boot_aggregate`): a hash over
+    /// PCRs 0 to 7 of one bank, plus 8 and 9 unless the bank is SHA-1. The bank is the
     /// one of the IMA hash if allocated, else the last SHA-256 or SHA-384
     /// bank, else SHA-1. Without a TPM it is a zero digest of the IMA hash.
     fn boot_aggregate_digest(&self) -> Result<(HashAlgorithm, Digest), KernelError> {
@@ -433,9 +437,11 @@ impl Ima {
     pub fn delete_staged(&self) -> Result<(), Errno> {
         let mut old_table = HashSet::new();
         let old_list;
+        let freed;
         {
             let mut state = self.lock();
             let start = Instant::now();
+            let state_records = state.staged.len;
             if state.staged.len == 0 {
                 self.note_hold(start);
                 return Err(Errno::Enoent);
@@ -462,9 +468,11 @@ impl Ima {
                 old_table = mem::take(&mut state.htable);
             }
             self.note_hold(start);
+            freed = state_records;
         }
         drop(old_table);
         drop(old_list);
+        self.freed_records.fetch_add(freed, Ordering::Relaxed);
         Ok(())
     }
 
@@ -501,7 +509,6 @@ impl Ima {
                 state.current.last = None;
             }
             old_head = self.current.replace(rest);
-            last.set_next(None);
             state.current.len -= count;
             if self.config.kexec {
                 state.current_size = state.current_size.saturating_sub(freed_size);
@@ -511,7 +518,107 @@ impl Ima {
         }
         drop(last);
         drop(old_head);
+        self.freed_records.fetch_add(count, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Benchmark variant of `N` as the March 2026 v3 series did it: under the
+    /// mutex, stage the whole current list, walk to the N-th record, cut, and
+    /// splice the rest back. Returns how long the mutex was held. Not part of
+    /// the merged interface.
+    #[doc(hidden)]
+    pub fn delete_first_v3_variant(&self, count: u64) -> Result<Duration, Errno> {
+        let old_head;
+        let held;
+        {
+            let mut state = self.lock();
+            let start = Instant::now();
+            if count == 0 || count > state.current.len {
+                return Err(Errno::Enoent);
+            }
+            // Stage everything: the current list moves aside.
+            let staged_head = self.current.replace(None);
+            let mut staged_tail = mem::take(&mut state.current);
+            // Walk to the N-th record under the mutex.
+            let mut freed_size = 0u64;
+            let mut last = None;
+            for (seen, node) in NodeIter::from(staged_head.clone()).enumerate() {
+                freed_size = freed_size.saturating_add(self.size_of(&node.entry));
+                if seen as u64 + 1 == count {
+                    last = Some(node);
+                    break;
+                }
+            }
+            let last = last.ok_or(Errno::Enoent)?;
+            // Splice what follows back to the head of the current list.
+            let rest = last.next();
+            if rest.is_none() {
+                staged_tail.last = None;
+            }
+            staged_tail.len -= count;
+            self.current.replace(rest);
+            state.current = staged_tail;
+            if self.config.kexec {
+                state.current_size = state.current_size.saturating_sub(freed_size);
+            }
+            old_head = staged_head;
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            held = start.elapsed();
+        }
+        drop(old_head);
+        Ok(held)
+    }
+
+    /// Benchmark variant of `N` as the trimming proposals did it: walk to
+    /// the N-th record with the mutex held, then cut. Returns how long the
+    /// mutex was held. Not part of the merged interface.
+    #[doc(hidden)]
+    pub fn delete_first_locked_walk_variant(&self, count: u64) -> Result<Duration, Errno> {
+        let old_head;
+        let held;
+        {
+            let mut state = self.lock();
+            let start = Instant::now();
+            let mut freed_size = 0u64;
+            let mut last = None;
+            for (seen, node) in self.current.iter().enumerate() {
+                freed_size = freed_size.saturating_add(self.size_of(&node.entry));
+                if seen as u64 + 1 == count {
+                    last = Some(node);
+                    break;
+                }
+            }
+            let last = last.ok_or(Errno::Enoent)?;
+            let rest = last.next();
+            if rest.is_none() {
+                state.current.last = None;
+            }
+            old_head = self.current.replace(rest);
+            state.current.len -= count;
+            if self.config.kexec {
+                state.current_size = state.current_size.saturating_sub(freed_size);
+            }
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            held = start.elapsed();
+        }
+        drop(old_head);
+        Ok(held)
+    }
+
+    /// Gives the memory of records freed by `D` and `N` back to the
+    /// operating system, when enough were freed since the last call to make
+    /// it worth a pass over the heap. `kfree` returns memory at once, but
+    /// glibc keeps freed blocks in its heap until asked. The commands do not
+    /// call this themselves, because the pass locks the allocator and would
+    /// delay concurrent measurements, which the kernel's frees do not. A
+    /// long-running host of the model calls it after deletions.
+    pub fn release_free_memory(&self) -> bool {
+        if self.freed_records.load(Ordering::Relaxed) < crate::memory::RELEASE_THRESHOLD {
+            return false;
+        }
+        self.freed_records.store(0, Ordering::Relaxed);
+        crate::memory::release_free_memory();
+        true
     }
 
     /// Makes the next `D` with `ima_flush_htable` fail as if allocating the
@@ -546,12 +653,12 @@ impl Ima {
         self.lock().tpm.take()
     }
 
-    /// The mediation state of the list files.
+    /// Returns the mediation state of the list files.
     pub fn open_state(&self) -> crate::open::OpenSnapshot {
         self.open.snapshot()
     }
 
-    /// The open-file mediator.
+    /// Returns the open-file mediator.
     pub fn mediator(&self) -> &OpenMediator {
         &self.open
     }

@@ -32,14 +32,14 @@ pub const MAX_RESTORE_TEMPLATE_NAME: u32 = 69;
 
 const PAGE_SIZE: u64 = 4096;
 
-/// What the next kernel restored from a kexec buffer.
+/// The result of restoring a kexec buffer in the next kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoreReport {
     /// Records the header announced.
     pub announced: u64,
     /// Records restored.
     pub restored: u64,
-    /// Why restoring stopped early, with the byte offset.
+    /// The reason restoring stopped early, with the byte offset.
     pub error: Option<String>,
 }
 
@@ -67,9 +67,11 @@ impl Ima {
         let segment = match total {
             Some(size) if size <= self.config.ram_bytes / 2 => size,
             _ => {
+                // Later kexec records report the size computed by the last
+                // load, also when that load failed. ULONG_MAX marks an overflow.
                 let mut state = self.lock();
                 state.kexec_loaded = false;
-                state.kexec_segment_size = 0;
+                state.kexec_segment_size = total.unwrap_or(u64::MAX);
                 return Err(KernelError::KexecLoad("Binary measurement list too large".into()));
             }
         };
@@ -102,7 +104,7 @@ impl Ima {
         let _ = self.measure_buffer(name, text.as_bytes(), None);
     }
 
-    /// The reboot notifier for `kexec -e`: records `kexec_execute`, then
+    /// Runs the reboot notifier for `kexec -e`: records `kexec_execute`, then
     /// suspends measurement so that both lists are frozen for the dump.
     pub fn kexec_execute(&self) {
         self.record_kexec_event(b"kexec_execute");
@@ -115,14 +117,18 @@ impl Ima {
         self.lock().suspended = true;
     }
 
-    /// The dump (`ima_dump_measurement_list`): staged records first, then
+    /// Dumps the lists for the next kernel (`ima_dump_measurement_list`): staged records first, then
     /// current ones, into a buffer of the loaded segment's size. Without a
     /// loaded segment the buffer is empty and the next kernel starts with an
     /// empty list.
     ///
     /// A record that does not fit is written piece by piece as long as each
-    /// piece fits with a byte to spare, as seq_file writes do; the buffer
-    /// then counts as full and the next kernel rejects the cut record.
+    /// piece fits with a byte to spare, as seq_file writes do. The buffer
+    /// then counts as full, with zeros after the last piece written, and the
+    /// next kernel rejects the cut record. The exception is a record that
+    /// would have ended exactly at the segment end: only its last piece is
+    /// missing, and the next kernel restores the record with zeros in that
+    /// piece.
     /// NOTE: this truncation is inferred from the dump loop; no source
     /// describes it.
     pub fn kexec_dump(&self) -> Vec<u8> {
@@ -258,6 +264,8 @@ impl Ima {
         let data_len = reader.u32().ok_or_else(|| truncated("template data length"))?;
         let section = reader.take(data_len as usize).ok_or_else(|| truncated("template data"))?;
 
+        // The kernel's restore splits the fields by their length words only
+        // and does not check their content.
         let mut fields = Reader { buffer: section, at: 0, order: reader.order };
         let mut data = TemplateData::new();
         for (position, id) in template.fields().iter().enumerate() {
@@ -265,7 +273,6 @@ impl Ima {
             let bytes = fields
                 .take(len as usize)
                 .ok_or_else(|| format!("field {position} ({id}) runs past the template data"))?;
-            imalog_core::field::validate(*id, bytes, false).map_err(|e| format!("field {position}: {e}"))?;
             data.push(bytes).map_err(|e| e.to_string())?;
         }
         if fields.at != section.len() {
@@ -290,8 +297,8 @@ impl Ima {
     }
 }
 
-/// The sizes of the pieces `ima_measurements_show` writes for a record, in
-/// order, for the SHA-1 digest.
+/// Returns the sizes of the pieces `ima_measurements_show` writes for a
+/// record, in order, for the SHA-1 digest.
 fn pieces(record: &Record) -> Vec<usize> {
     let mut pieces = vec![4, 20, 4, record.template.name().len()];
     if record.template.is_legacy_ima() {

@@ -2,77 +2,88 @@
 //! records are appended, as the kernel's RCU list of queue entries.
 //!
 //! Each node's `next` pointer is set once, when the next record is appended
-//! under the list mutex, and readers load it atomically. Moving a whole list
-//! (`A`, `D`) swaps the head pointer; cutting the first N records (`N`)
-//! swaps the head to the node after the N-th and clears that node's `next`.
-//! Both are O(1) under the mutex. Nodes are reference counted, so a reader
-//! that still holds a node of a cut-off chain keeps it alive, and the chain
-//! is freed when the last holder drops it, iteratively so that a chain of
-//! millions of nodes cannot overflow the stack.
+//! under the list mutex, and readers load it with one atomic read. Moving a
+//! whole list (`A`, `D`) swaps the head pointer; cutting the first N records
+//! (`N`) swaps the head to the node after the N-th. Both are O(1) under the
+//! list mutex. The cut-off chain's last node still points into the live
+//! list. Nothing follows that pointer: readers re-walk from the head after
+//! any cut (see `files`), and dropping the chain stops at the first node
+//! that is still shared.
+//!
+//! Nodes are reference counted, so a reader that still holds a node of a
+//! cut-off chain keeps it alive, and the chain is freed when the last holder
+//! drops it, iteratively so that a chain of millions of nodes cannot
+//! overflow the stack. The head pointer sits behind its own small mutex,
+//! taken only to read or swap it; readers never wait for the list mutex.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One list node.
 pub struct Node<T> {
     /// The record.
     pub entry: T,
-    next: ArcSwapOption<Node<T>>,
+    next: OnceLock<Arc<Node<T>>>,
 }
 
 impl<T> Node<T> {
-    /// A node with no successor.
+    /// Creates a node with no successor.
     pub fn new(entry: T) -> Arc<Self> {
-        Arc::new(Node { entry, next: ArcSwapOption::empty() })
+        Arc::new(Node { entry, next: OnceLock::new() })
     }
 
-    /// The successor, loaded atomically.
+    /// The successor.
     pub fn next(&self) -> Option<Arc<Node<T>>> {
-        self.next.load_full()
+        self.next.get().cloned()
     }
 
-    /// Links `next` after this node. Callers hold the list mutex.
-    pub fn set_next(&self, next: Option<Arc<Node<T>>>) {
-        self.next.store(next);
+    /// Links `next` after this node, which must be a tail: a node's
+    /// successor never changes once set. Callers hold the list mutex.
+    fn link(&self, next: Arc<Node<T>>) {
+        // Only tails are linked, and a tail has no successor yet.
+        let _ = self.next.set(next);
     }
 }
 
 impl<T> Drop for Node<T> {
     fn drop(&mut self) {
-        // Unlink the successors one at a time; stop at a node someone else
-        // still holds, such as the head of the live list after a cut.
-        let mut next = self.next.swap(None);
+        // Unlink the successors one at a time, and stop at a node that is
+        // still shared, such as the head of the live list after a cut.
+        let mut next = self.next.take();
         while let Some(node) = next {
             match Arc::try_unwrap(node) {
-                Ok(owned) => next = owned.next.swap(None),
+                Ok(mut owned) => next = owned.next.take(),
                 Err(_) => break,
             }
         }
     }
 }
 
-/// The lock-free view of a list: its head.
+/// The reader's view of a list: its head.
 pub struct Head<T> {
-    head: ArcSwapOption<Node<T>>,
+    head: Mutex<Option<Arc<Node<T>>>>,
 }
 
 impl<T> Default for Head<T> {
     fn default() -> Self {
-        Head { head: ArcSwapOption::empty() }
+        Head { head: Mutex::new(None) }
     }
 }
 
 impl<T> Head<T> {
-    /// The first node, loaded atomically.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Node<T>>>> {
+        // A panic cannot leave the slot half written: it is one pointer.
+        self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns the first node.
     pub fn first(&self) -> Option<Arc<Node<T>>> {
-        self.head.load_full()
+        self.slot().clone()
     }
 
     /// Replaces the first node and returns the old one. Callers hold the
     /// list mutex.
     pub fn replace(&self, node: Option<Arc<Node<T>>>) -> Option<Arc<Node<T>>> {
-        self.head.swap(node)
+        std::mem::replace(&mut *self.slot(), node)
     }
 
     /// Iterates from the head, loading each `next` as it goes, so records
@@ -122,7 +133,7 @@ impl<T> Tail<T> {
     /// Appends a node; the caller holds the list mutex and passes the head.
     pub fn append(&mut self, head: &Head<T>, node: Arc<Node<T>>) {
         match &self.last {
-            Some(last) => last.set_next(Some(Arc::clone(&node))),
+            Some(last) => last.link(Arc::clone(&node)),
             None => {
                 head.replace(Some(Arc::clone(&node)));
             }
@@ -165,7 +176,7 @@ mod tests {
         let (head, _tail) = build(10);
         let third = head.iter().nth(2).unwrap();
         let old = head.replace(third.next());
-        third.set_next(None);
+        drop(third);
         drop(old);
         let values: Vec<u64> = head.iter().map(|n| n.entry).collect();
         assert_eq!(values, vec![3, 4, 5, 6, 7, 8, 9]);
