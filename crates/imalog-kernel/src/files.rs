@@ -50,6 +50,8 @@ pub struct Handle {
     file: ListFile,
     write: bool,
     cursor: Mutex<Cursor>,
+    /// Set by the first release, so that a second one changes nothing.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Handle {
@@ -149,12 +151,25 @@ impl Ima {
             return Err(Errno::Eacces);
         }
         self.open.open(write, caller)?;
-        Ok(Handle { file, write, cursor: Mutex::new(Cursor::default()) })
+        Ok(Handle {
+            file,
+            write,
+            cursor: Mutex::new(Cursor::default()),
+            released: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Releases an open list file; `task` closes its last reference.
     pub fn release_list(&self, handle: Handle, task: TaskId) {
-        self.open.release(handle.write, task);
+        self.release_list_ref(&handle, task);
+    }
+
+    /// Releases an open list file that others may still reference (a FUSE
+    /// file handle). Only the first release of a handle counts.
+    pub fn release_list_ref(&self, handle: &Handle, task: TaskId) {
+        if !handle.released.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.open.release(handle.write, task);
+        }
     }
 
     /// Writes a command (`ima_measurements_write`). Returns the number of

@@ -306,6 +306,72 @@ impl Ima {
         }
     }
 
+    /// Boots a kernel whose list already holds `records`, as if it had
+    /// measured them itself: each record is appended, inserted into the hash
+    /// table and extended into the TPM, in order. Nothing is refused as a
+    /// duplicate, because a logged list is what it is. No `boot_aggregate`
+    /// is added: a logged list starts with its own.
+    pub fn boot_with_log(
+        config: KernelConfig,
+        tpm: Option<Box<dyn Tpm>>,
+        records: impl IntoIterator<Item = imalog_core::Record>,
+    ) -> Result<Self, KernelError> {
+        let ima = Ima::empty(config, tpm);
+        for mut record in records {
+            let violation = record.is_violation();
+            record.byte_order = ima.byte_order();
+            let entry = Entry::new(record, &ima.slots, violation);
+            ima.append_logged(entry, violation).map_err(KernelError::BootAggregate)?;
+        }
+        Ok(ima)
+    }
+
+    /// Appends a record of a logged list: no duplicate check, but the hash
+    /// table learns it and the TPM is extended.
+    fn append_logged(&self, entry: Entry, violation: bool) -> Result<Appended, Errno> {
+        let key = (entry.slot_digest(&self.slots, self.slots.ima_hash()), entry.record.pcr);
+        let mut state = self.lock();
+        if !self.config.htable_disabled {
+            state.htable.insert(key);
+        }
+        drop(state);
+        if violation {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        // The key is now in the table, so the normal path would refuse the
+        // record; append it as a non-duplicate.
+        self.append_unchecked(entry, violation)
+    }
+
+    /// Appends and extends without the duplicate check.
+    fn append_unchecked(&self, entry: Entry, violation: bool) -> Result<Appended, Errno> {
+        let size = self.size_of(&entry);
+        let pcr = entry.record.pcr;
+        let extend: Vec<Digest> = (0..self.slots.tpm_banks())
+            .map(|i| if violation { self.slots.all()[i].bank.violation_digest() } else { entry.slot_digest(&self.slots, i) })
+            .collect();
+        let mut state = self.lock();
+        if state.suspended {
+            return Err(Errno::Enodev);
+        }
+        state.current.append(&self.current, Node::new(entry));
+        state.full += 1;
+        if self.config.kexec {
+            add_size(&mut state.current_size, size);
+            add_size(&mut state.full_size, size);
+        }
+        let extended = match state.tpm.as_mut() {
+            Some(tpm) => tpm.extend(pcr, &extend).is_ok(),
+            None => true,
+        };
+        if extended {
+            Ok(Appended::Yes)
+        } else {
+            state.audit.tpm_errors += 1;
+            Ok(Appended::TpmFailed)
+        }
+    }
+
     /// Measures an event with `template` into `pcr`.
     pub fn measure_event(
         &self,

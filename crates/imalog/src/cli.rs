@@ -30,6 +30,12 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a synthetic, internally consistent list for tests and benchmarks.
     Generate(GenerateArgs),
+    /// Mount the Linux 7.2 IMA securityfs files of an emulated kernel over FUSE.
+    Emulate(EmulateArgs),
+    /// Make a running `imalog emulate` measure files, a buffer or a violation.
+    Measure(MeasureArgs),
+    /// Soft-reboot a running `imalog emulate` into a new kernel instance.
+    Kexec(KexecArgs),
 }
 
 /// Options that describe the input list; detection fills in what is not given.
@@ -192,6 +198,114 @@ pub struct GenerateArgs {
     /// Output file; `-` writes standard output.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
+}
+
+/// `imalog emulate`.
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// Folder to mount the securityfs tree on; `integrity/ima/` appears in it.
+    #[arg(long, value_name = "DIR")]
+    pub mount: PathBuf,
+
+    /// TPM the emulated kernel extends: `soft` (in-process), `swtpm:HOST:PORT`
+    /// or `swtpm:PATH` (a swtpm server socket), `device:PATH` (/dev/tpmrm0).
+    ///
+    /// With swtpm, imalog holds swtpm's one connection and serves other TPM
+    /// clients (tpm2-tools, the collector) through --tpm-proxy, as the
+    /// kernel's resource manager would. The swtpm and device backends need
+    /// a build with the `tss` feature.
+    #[arg(long, default_value = "soft", value_name = "TPM")]
+    pub tpm: String,
+
+    /// Loopback address where other TPM clients reach a swtpm TPM; its port
+    /// + 1 is the control port. Port 0 picks free ports, printed at start.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
+    pub tpm_proxy: String,
+
+    /// PCR banks of the software TPM [default: sha1,sha256,sha384,sha512, as swtpm].
+    #[arg(long, value_delimiter = ',', value_name = "BANKS", value_parser = parse_bank)]
+    pub banks: Vec<Bank>,
+
+    /// IMA hash algorithm (`ima_hash=`): file digests and the hash table key.
+    #[arg(long, default_value = "sha256", value_name = "ALG")]
+    pub ima_hash: String,
+
+    /// Template of file measurements (`ima_template=`), a built-in name or a
+    /// format string such as `d-ng|n-ng|sig`.
+    #[arg(long, default_value = "ima-ng", value_name = "NAME")]
+    pub template: String,
+
+    /// Build without CONFIG_IMA_STAGING: no `_staged` files.
+    #[arg(long)]
+    pub no_staging: bool,
+
+    /// With --no-staging, make the original list files read-only (0440), as
+    /// the 7.2 documentation describes. The merged code leaves them
+    /// writable and accepting `N`, which is the default here.
+    #[arg(long)]
+    pub read_only_without_staging: bool,
+
+    /// Boot parameter `ima_flush_htable`: `D` empties the hash table and `N`
+    /// is rejected.
+    #[arg(long)]
+    pub flush_htable: bool,
+
+    /// CONFIG_IMA_DISABLE_HTABLE: no duplicate suppression.
+    #[arg(long)]
+    pub disable_htable: bool,
+
+    /// Start as if the machine had already recorded this list: its records
+    /// are appended and extended into the TPM, instead of a boot_aggregate.
+    #[arg(long, value_name = "FILE")]
+    pub boot_log: Option<PathBuf>,
+
+    /// Unix socket for `imalog measure` and `imalog kexec`.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: Option<PathBuf>,
+
+    /// Accept the control requests that exist only for tests: setting the
+    /// reader count and failing the next hash table allocation.
+    #[arg(long)]
+    pub test_hooks: bool,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// `imalog measure`.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// Control socket of the running `imalog emulate`.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: PathBuf,
+
+    /// PCR to measure into [default: the kernel's, 10].
+    #[arg(long, value_name = "PCR")]
+    pub pcr: Option<u32>,
+
+    /// Measure a buffer (critical data) with this event name instead of files.
+    #[arg(long, value_name = "NAME", requires = "data", conflicts_with_all = ["files", "violation"])]
+    pub buffer: Option<String>,
+
+    /// The buffer's content, in hex.
+    #[arg(long, value_name = "HEX", requires = "buffer")]
+    pub data: Option<String>,
+
+    /// Record a violation naming this path instead of measuring files.
+    #[arg(long, value_name = "PATH", conflicts_with = "files")]
+    pub violation: Option<String>,
+
+    /// Files to measure.
+    #[arg(value_name = "FILE", required_unless_present_any = ["buffer", "violation"])]
+    pub files: Vec<PathBuf>,
+}
+
+/// `imalog kexec`.
+#[derive(Debug, Args)]
+pub struct KexecArgs {
+    /// Control socket of the running `imalog emulate`.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: PathBuf,
 }
 
 /// The two list formats.

@@ -12,6 +12,7 @@ mod input;
 mod outcome;
 mod progress;
 mod state;
+mod tpm;
 
 use std::process::ExitCode;
 
@@ -30,7 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
         }
     };
-    init_tracing();
+    // Services log their starts, stops and decisions; one-shot commands
+    // print only warnings unless asked.
+    let default_level = if matches!(cli.command, Command::Emulate(_)) { "info" } else { "warn" };
+    init_tracing(default_level);
 
     let progress = !cli.no_progress;
     let result = match &cli.command {
@@ -38,6 +42,9 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args, progress),
         Command::Replay(args) => commands::replay::run(args, progress),
         Command::Generate(args) => commands::generate::run(args, progress),
+        Command::Emulate(args) => commands::emulate::run(args),
+        Command::Measure(args) => commands::control::measure(args),
+        Command::Kexec(args) => commands::control::kexec(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,14 +56,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `IMALOG_LOG` (or `RUST_LOG`) sets the filter, `warn`
-/// by default.
-fn init_tracing() {
+/// Logs go to stderr; `IMALOG_LOG` (or `RUST_LOG`) sets the filter,
+/// `default_level` otherwise.
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("IMALOG_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|text| EnvFilter::try_new(text).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|| EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }

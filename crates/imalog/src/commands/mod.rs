@@ -1,7 +1,9 @@
 //! One module per subcommand. Each `run` takes the parsed arguments and
 //! whether progress may be shown, and returns an [`crate::outcome::Outcome`].
 
+pub mod control;
 pub mod convert;
+pub mod emulate;
 pub mod generate;
 pub mod replay;
 pub mod show;
