@@ -25,14 +25,21 @@ pub struct KexecReport {
 pub struct Machine {
     config: KernelConfig,
     current: RwLock<Arc<Ima>>,
-    /// Serializes kexecs.
+    /// Serializes kexecs; counts boots.
     kexec: Mutex<u64>,
+    /// Called after every kexec, once the new instance runs.
+    boot_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 impl Machine {
     /// A machine running `ima`, which was booted with `config`.
     pub fn new(config: KernelConfig, ima: Ima) -> Self {
-        Machine { config, current: RwLock::new(Arc::new(ima)), kexec: Mutex::new(1) }
+        Machine { config, current: RwLock::new(Arc::new(ima)), kexec: Mutex::new(1), boot_hook: Mutex::new(None) }
+    }
+
+    /// Registers a function to call after every kexec.
+    pub fn on_boot(&self, hook: Box<dyn Fn() + Send>) {
+        *self.boot_hook.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
     }
 
     /// The running kernel instance.
@@ -54,6 +61,9 @@ impl Machine {
         let (next, restore) = Ima::boot_after_kexec(self.config.clone(), tpm, &dump)?;
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
         *boots += 1;
+        if let Some(hook) = self.boot_hook.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            hook();
+        }
         tracing::info!(dump_bytes = dump.len(), restored = restore.restored, boots = *boots, "kexec done");
         Ok(KexecReport { load, dump_bytes: dump.len(), restore, boots: *boots })
     }

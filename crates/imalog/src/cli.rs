@@ -36,6 +36,8 @@ pub enum Command {
     Measure(MeasureArgs),
     /// Soft-reboot a running `imalog emulate` into a new kernel instance.
     Kexec(KexecArgs),
+    /// Keep every record since boot while the kernel exports and deletes them.
+    Collect(CollectArgs),
 }
 
 /// Options that describe the input list; detection fills in what is not given.
@@ -268,6 +270,12 @@ pub struct EmulateArgs {
     #[arg(long)]
     pub test_hooks: bool,
 
+    /// Write a new random boot id to this file at start and at every
+    /// kexec, as /proc/sys/kernel/random/boot_id changes at every boot;
+    /// give it to `imalog collect --boot-id-file`.
+    #[arg(long, value_name = "FILE")]
+    pub boot_id_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub input: InputArgs,
 }
@@ -298,6 +306,69 @@ pub struct MeasureArgs {
     /// Files to measure.
     #[arg(value_name = "FILE", required_unless_present_any = ["buffer", "violation"])]
     pub files: Vec<PathBuf>,
+}
+
+/// `imalog collect`.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// The securityfs `ima` folder, or a folder with `integrity/ima` in it
+    /// (a real kernel's /sys/kernel/security, or the mount of `imalog emulate`).
+    #[arg(long, value_name = "DIR")]
+    pub securityfs: PathBuf,
+
+    /// Folder of the durable record store; created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+
+    /// How records leave the kernel: `staged` (A, read, D), `delete-n` (read,
+    /// then N) or `read-only` (never delete) [default: staged when the kernel
+    /// has _staged files, read-only otherwise].
+    #[arg(long, value_name = "FLAVOR")]
+    pub flavor: Option<String>,
+
+    /// Time between export rounds, such as 500ms, 10s or 2m.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Address of the HTTP API (history and quotes); `none` turns it off.
+    #[arg(long, default_value = "127.0.0.1:7340", value_name = "ADDRESS")]
+    pub listen: String,
+
+    /// TPM to quote for /v1/quote: `swtpm:HOST:PORT`, `swtpm:PATH` or
+    /// `device:PATH` (needs a build with the `tss` feature). Without it the
+    /// quote endpoint answers 400.
+    #[arg(long, value_name = "TPM")]
+    pub tpm: Option<String>,
+
+    /// File whose content identifies the running kernel instance; it must
+    /// change at every boot, kexec included.
+    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id", value_name = "FILE")]
+    pub boot_id_file: PathBuf,
+
+    /// Run one export round and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("invalid duration '{text}': expected a number with ms, s, m or h, such as 10s");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(invalid()),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(invalid());
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// `imalog kexec`.

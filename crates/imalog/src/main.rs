@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     };
     // Services log their starts, stops and decisions; one-shot commands
     // print only warnings unless asked.
-    let default_level = if matches!(cli.command, Command::Emulate(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Emulate(_) | Command::Collect(_)) { "info" } else { "warn" };
     init_tracing(default_level);
 
     let progress = !cli.no_progress;
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Emulate(args) => commands::emulate::run(args),
         Command::Measure(args) => commands::control::measure(args),
         Command::Kexec(args) => commands::control::kexec(args),
+        Command::Collect(args) => commands::collect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

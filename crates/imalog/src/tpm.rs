@@ -17,3 +17,11 @@ pub fn open_hardware_tpm(spec: &str, _proxy: &str) -> Outcome<(Option<Box<dyn Tp
     }
     Err(Failure::Usage(format!("--tpm {spec}: expected soft, swtpm:HOST:PORT, swtpm:PATH or device:PATH")))
 }
+
+/// Opens a TPM for collector quotes; see `imalog collect --help`.
+#[cfg(not(feature = "tss"))]
+pub fn open_quoter(spec: &str) -> Outcome<Box<dyn imalog_collector::service::Quoter>> {
+    Err(Failure::Usage(format!(
+        "--tpm {spec}: this imalog was built without the TSS backend; rebuild with `--features tss` (needs libtss2-dev)"
+    )))
+}

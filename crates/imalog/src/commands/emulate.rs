@@ -23,6 +23,15 @@ pub fn run(args: &EmulateArgs) -> Outcome {
     };
     let counters = ima.counters();
     let machine = Arc::new(Machine::new(config, ima));
+    if let Some(path) = &args.boot_id_file {
+        write_boot_id(path)?;
+        let path = path.clone();
+        machine.on_boot(Box::new(move || {
+            if let Err(error) = write_boot_id(&path) {
+                tracing::error!(%error, "cannot write the boot id file");
+            }
+        }));
+    }
 
     let control = match &args.control {
         Some(path) => Some(
@@ -48,6 +57,21 @@ pub fn run(args: &EmulateArgs) -> Outcome {
     Ok(())
 }
 
+/// Writes a fresh random boot id, in the format of
+/// /proc/sys/kernel/random/boot_id.
+fn write_boot_id(path: &std::path::Path) -> Outcome {
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .map_err(|e| Failure::Usage(format!("/dev/urandom: {e}")))?;
+    let hex = imalog_core::hex::encode(&random);
+    let text = format!("{}-{}-{}-{}-{}\n", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))
+}
+
 fn wait_for_termination() -> Outcome {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -59,10 +83,11 @@ fn wait_for_termination() -> Outcome {
 }
 
 fn kernel_config(args: &EmulateArgs) -> Outcome<KernelConfig> {
-    let ima_hash = HashAlgorithm::from_name(&args.ima_hash)
-        .filter(|a| a.is_kernel_mapped())
-        .ok_or_else(|| Failure::Usage(format!("--ima-hash {}: expected sha1, sha256, sha384, sha512 or sm3", args.ima_hash)))?;
-    let template = Template::lookup(args.template.as_bytes()).map_err(|e| Failure::Usage(format!("--template: {e}")))?;
+    let ima_hash = HashAlgorithm::from_name(&args.ima_hash).filter(|a| a.is_kernel_mapped()).ok_or_else(|| {
+        Failure::Usage(format!("--ima-hash {}: expected sha1, sha256, sha384, sha512 or sm3", args.ima_hash))
+    })?;
+    let template =
+        Template::lookup(args.template.as_bytes()).map_err(|e| Failure::Usage(format!("--template: {e}")))?;
     if template.is_legacy_ima() && !matches!(ima_hash, HashAlgorithm::Sha1) {
         return Err(Failure::Usage(
             "--template ima needs --ima-hash sha1: the kernel refuses the legacy template with other algorithms".into(),

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each `run` takes the parsed arguments and
 //! whether progress may be shown, and returns an [`crate::outcome::Outcome`].
 
+pub mod collect;
 pub mod control;
 pub mod convert;
 pub mod emulate;
