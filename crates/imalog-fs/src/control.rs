@@ -198,7 +198,9 @@ fn handle(request: &Request, machine: &Machine, test_hooks: bool) -> Value {
             json!({"ok": true, "results": results})
         }
         Request::Buffer { name, data, pcr } => match imalog_core::hex::decode(data.as_bytes()) {
-            Ok(bytes) => json!({"ok": true, "results": [appended(kernel.measure_buffer(name.as_bytes(), &bytes, *pcr))]}),
+            Ok(bytes) => {
+                json!({"ok": true, "results": [appended(kernel.measure_buffer(name.as_bytes(), &bytes, *pcr))]})
+            }
             Err(e) => json!({"ok": false, "error": format!("data: invalid hex at character {}", e.position)}),
         },
         Request::Violation { path } => {

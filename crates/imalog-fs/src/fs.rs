@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -51,7 +51,16 @@ enum Node {
 /// What a file handle refers to.
 enum Open {
     /// A list file of the kernel instance current at open time.
-    List { ima: Arc<Ima>, handle: Handle },
+    List {
+        ima: Arc<Ima>,
+        handle: Handle,
+        /// Thread that opened the file.
+        opener: u32,
+        /// Thread of the last `close` (FUSE flush) of a descriptor of this
+        /// file, 0 before the first. The kernel sends FUSE_RELEASE without
+        /// the caller's pid, so release uses this thread as the closing task.
+        closer: AtomicU32,
+    },
     /// `runtime_measurements_count` or `violations`.
     Text { ino: u64 },
     /// `policy`, opened for writing.
@@ -245,7 +254,12 @@ impl Filesystem for ImaFs {
                 match kernel.open_list(info.file, write, caller) {
                     Ok(handle) => {
                         tracing::debug!(file = %info.name, write, task = req.pid(), "list file opened");
-                        let fh = self.add_handle(Open::List { ima: kernel, handle });
+                        let fh = self.add_handle(Open::List {
+                            ima: kernel,
+                            handle,
+                            opener: req.pid(),
+                            closer: AtomicU32::new(0),
+                        });
                         reply.opened(FileHandle(fh), direct);
                     }
                     Err(code) => {
@@ -299,7 +313,7 @@ impl Filesystem for ImaFs {
             return;
         };
         match &*open {
-            Open::List { ima, handle } => reply.data(&ima.read_list(handle, offset, size as usize)),
+            Open::List { ima, handle, .. } => reply.data(&ima.read_list(handle, offset, size as usize)),
             Open::Text { ino } => {
                 let text = self.text(*ino);
                 let start = (offset as usize).min(text.len());
@@ -327,7 +341,7 @@ impl Filesystem for ImaFs {
             return;
         };
         match &*open {
-            Open::List { ima, handle } => match ima.write_list(handle, data) {
+            Open::List { ima, handle, .. } => match ima.write_list(handle, data) {
                 Ok(written) => {
                     tracing::info!(
                         command = %String::from_utf8_lossy(data).trim_end(),
@@ -353,7 +367,12 @@ impl Filesystem for ImaFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    /// Notes which thread closes a descriptor: FUSE sends a flush on every
+    /// `close`, with the caller's pid, before the release that has none.
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        if let Some(Open::List { closer, .. }) = self.handle(fh.0).as_deref() {
+            closer.store(req.pid(), Ordering::Relaxed);
+        }
         reply.ok();
     }
 
@@ -369,9 +388,18 @@ impl Filesystem for ImaFs {
     ) {
         let open = self.handles.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&fh.0);
         match open.as_deref() {
-            Some(Open::List { ima, handle }) => {
-                ima.release_list_ref(handle, req.pid() as u64);
-                tracing::debug!(task = req.pid(), "list file released");
+            Some(Open::List { ima, handle, opener, closer }) => {
+                // Linux sends FUSE_RELEASE with pid 0 (no credentials) once the
+                // last descriptor is gone. The writer rules need the closing
+                // task, so take the thread of the last flush, else the opener.
+                // NOTE: the release arrives after `close` has returned, so an
+                // open right after a close can still fail with EBUSY, rarely,
+                // when the CPUs are busy. A kernel releases before `close`
+                // returns.
+                let task =
+                    [req.pid(), closer.load(Ordering::Relaxed), *opener].into_iter().find(|&pid| pid != 0).unwrap_or(0);
+                ima.release_list_ref(handle, task as u64);
+                tracing::debug!(task, "list file released");
             }
             Some(Open::Policy) => {
                 *self.policy_open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = false;

@@ -348,7 +348,13 @@ impl Ima {
         let size = self.size_of(&entry);
         let pcr = entry.record.pcr;
         let extend: Vec<Digest> = (0..self.slots.tpm_banks())
-            .map(|i| if violation { self.slots.all()[i].bank.violation_digest() } else { entry.slot_digest(&self.slots, i) })
+            .map(|i| {
+                if violation {
+                    self.slots.all()[i].bank.violation_digest()
+                } else {
+                    entry.slot_digest(&self.slots, i)
+                }
+            })
             .collect();
         let mut state = self.lock();
         if state.suspended {

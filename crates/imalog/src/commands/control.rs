@@ -16,11 +16,8 @@ pub fn measure(args: &MeasureArgs) -> Outcome {
         (_, _, Some(path)) => Request::Violation { path: path.clone() },
         _ => {
             // The emulator may run in another folder: send absolute paths.
-            let paths: Vec<PathBuf> = args
-                .files
-                .iter()
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-                .collect();
+            let paths: Vec<PathBuf> =
+                args.files.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
             Request::Measure { paths, pcr: args.pcr }
         }
     };
