@@ -1,17 +1,36 @@
 //! TPM access for imalog: the [`Tpm`] trait that the kernel model extends
-//! PCRs through, and [`SoftTpm`], an in-process TPM with PCR banks for every
-//! algorithm imalog implements.
+//! PCRs through, and its implementations:
+//!
+//! - [`SoftTpm`], an in-process TPM with PCR banks for every algorithm
+//!   imalog implements;
+//! - `TssTpm` (cargo feature `tss`), swtpm or `/dev/tpmrm0` through
+//!   tss-esapi, which also signs quotes with an attestation key;
+//! - [`proxy::TpmProxy`], which keeps the one connection to swtpm and lets
+//!   several TSS clients share it, as the kernel's resource manager does for
+//!   a real TPM;
+//! - `testing::Swtpm` (cargo feature `swtpm-testing`), which runs swtpm for
+//!   tests.
 //!
 //! A real TPM extends each allocated bank of a PCR with one digest per
 //! bank: `PCR_new = H_bank(PCR_old || digest)`. PCRs 0 to 23 exist in every
-//! bank and start at all zeros after a reset, as on a PC client TPM.
+//! bank. After a reset they hold all zeros, except PCRs 17 to 22, which
+//! hold all ones as on a PC client TPM.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod proxy;
+mod quote;
 mod soft;
+#[cfg(feature = "swtpm-testing")]
+pub mod testing;
+#[cfg(feature = "tss")]
+mod tss;
 
+pub use quote::{AkAlgorithm, AttestError, Quote, QuoteInfo, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
 pub use soft::SoftTpm;
+#[cfg(feature = "tss")]
+pub use tss::TssTpm;
 
 use imalog_core::{Bank, Digest};
 
@@ -52,6 +71,36 @@ pub enum TpmError {
     /// The TPM or the connection to it failed.
     #[error("TPM command failed: {0}")]
     Device(String),
+    /// A TPM command returned an error.
+    #[error("{command} failed: {message}")]
+    Command {
+        /// The TPM command, such as `TPM2_PCR_Extend`.
+        command: &'static str,
+        /// The error as the TSS reports it, with its response code.
+        message: String,
+    },
+    /// The TCTI string names no TPM that this backend can open.
+    #[error("invalid TCTI '{tcti}': {reason}")]
+    InvalidTcti {
+        /// The TCTI string as given.
+        tcti: String,
+        /// The reason it is invalid.
+        reason: String,
+    },
+    /// The nonce does not fit the quote's qualifying data.
+    #[error("a quote nonce has at most {max} bytes, got {found}")]
+    NonceSize {
+        /// The maximum, the size of the largest digest the TPM implements.
+        max: usize,
+        /// The size given.
+        found: usize,
+    },
+    /// The PCR selection of a quote names a bank twice.
+    #[error("the PCR selection names bank {0} more than once")]
+    DuplicateBank(Bank),
+    /// The TPM implementation cannot do this operation.
+    #[error("{0} is not supported by this TPM implementation")]
+    Unsupported(&'static str),
 }
 
 /// A TPM that can extend and read PCRs.
@@ -65,6 +114,15 @@ pub trait Tpm: Send {
 
     /// Reads one PCR of one bank.
     fn read(&mut self, bank: &Bank, pcr: u32) -> Result<Digest, TpmError>;
+
+    /// Signs the PCRs of `selection` and `nonce` with the TPM's attestation
+    /// key (TPM2_Quote). The attest lists the banks in the order given, and
+    /// each bank's PCRs in ascending order. Implementations without an
+    /// attestation key return [`TpmError::Unsupported`].
+    fn quote(&mut self, nonce: &[u8], selection: &[(Bank, Vec<u32>)]) -> Result<Quote, TpmError> {
+        let _ = (nonce, selection);
+        Err(TpmError::Unsupported("TPM2_Quote"))
+    }
 }
 
 impl<T: Tpm + ?Sized> Tpm for Box<T> {
@@ -78,5 +136,9 @@ impl<T: Tpm + ?Sized> Tpm for Box<T> {
 
     fn read(&mut self, bank: &Bank, pcr: u32) -> Result<Digest, TpmError> {
         (**self).read(bank, pcr)
+    }
+
+    fn quote(&mut self, nonce: &[u8], selection: &[(Bank, Vec<u32>)]) -> Result<Quote, TpmError> {
+        (**self).quote(nonce, selection)
     }
 }

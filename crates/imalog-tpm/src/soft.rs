@@ -1,9 +1,16 @@
 //! An in-process TPM: PCR banks in memory, extended with the banks' own
 //! hash algorithms.
 
-use imalog_core::{Bank, Digest};
+use imalog_core::{Bank, Digest, MAX_DIGEST_SIZE};
 
 use crate::{Tpm, TpmError, PCR_COUNT};
+
+/// The PCRs that a PC client TPM resets to all ones instead of zeros: the
+/// DRTM PCRs, which only a dynamic launch sets to zero (TCG PC Client
+/// Platform TPM Profile). swtpm 0.7.1 starts them at all ones too.
+// NOTE: a real TPM also rejects extends of these PCRs from locality 0
+// (TPM_RC_LOCALITY); SoftTpm accepts them.
+const ALL_ONES_PCRS: std::ops::RangeInclusive<u32> = 17..=22;
 
 /// An in-process TPM with PCR banks in memory.
 #[derive(Clone, Debug)]
@@ -26,7 +33,7 @@ impl SoftTpm {
                 unique.push(*bank);
             }
         }
-        let pcrs = unique.iter().map(|b| vec![b.reset_value(); PCR_COUNT as usize]).collect();
+        let pcrs = unique.iter().map(reset_bank).collect();
         Ok(SoftTpm { banks: unique, pcrs })
     }
 
@@ -34,7 +41,7 @@ impl SoftTpm {
     /// and sha512.
     pub fn with_default_banks() -> Self {
         let banks = [Bank::SHA1, Bank::SHA256, Bank::SHA384, Bank::SHA512];
-        let pcrs = banks.iter().map(|b| vec![b.reset_value(); PCR_COUNT as usize]).collect();
+        let pcrs = banks.iter().map(reset_bank).collect();
         SoftTpm { banks: banks.to_vec(), pcrs }
     }
 
@@ -59,6 +66,19 @@ impl SoftTpm {
     fn bank_index(&self, bank: &Bank) -> Result<usize, TpmError> {
         self.banks.iter().position(|b| b.tpm_alg_id() == bank.tpm_alg_id()).ok_or(TpmError::NoSuchBank(*bank))
     }
+}
+
+/// Returns the values of a bank's PCRs after `TPM2_Startup(CLEAR)`.
+fn reset_bank(bank: &Bank) -> Vec<Digest> {
+    (0..PCR_COUNT)
+        .map(|pcr| {
+            if ALL_ONES_PCRS.contains(&pcr) {
+                Digest::from_bytes_prefix(&[0xff; MAX_DIGEST_SIZE], bank.digest_size())
+            } else {
+                bank.reset_value()
+            }
+        })
+        .collect()
 }
 
 impl Tpm for SoftTpm {
@@ -126,5 +146,18 @@ mod tests {
         assert_ne!(tpm.read(&Bank::SHA256, 0).unwrap(), Digest::zero(32));
         assert_ne!(tpm.read(&Bank::SHA1, 9).unwrap(), Digest::zero(20));
         assert_eq!(tpm.read(&Bank::SHA256, 10).unwrap(), Digest::zero(32));
+    }
+
+    #[test]
+    fn soft_tpm_resets_drtm_pcrs_to_all_ones() {
+        let mut tpm = SoftTpm::new(&[Bank::SHA1, Bank::SHA384]).unwrap();
+        for pcr in 0..PCR_COUNT {
+            let sha1 = tpm.read(&Bank::SHA1, pcr).unwrap();
+            let sha384 = tpm.read(&Bank::SHA384, pcr).unwrap();
+            let expected_byte = if (17..=22).contains(&pcr) { 0xff } else { 0 };
+            assert!(sha1.as_bytes().iter().all(|&b| b == expected_byte), "sha1 PCR {pcr}: {sha1}");
+            assert!(sha384.as_bytes().iter().all(|&b| b == expected_byte), "sha384 PCR {pcr}: {sha384}");
+            assert_eq!(sha384.len(), 48);
+        }
     }
 }
