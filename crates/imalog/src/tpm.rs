@@ -1,5 +1,13 @@
-//! Opening a real TPM (swtpm or a device) for `imalog emulate`, available in
-//! builds with the `tss` feature.
+//! Opening a real TPM (swtpm or a device) for `imalog emulate` and
+//! `imalog collect`, available in builds with the `tss` feature.
+//!
+//! TPM names on the command line:
+//!
+//! - `swtpm:HOST:PORT` or `swtpm:PATH`: a swtpm server socket (TCP, or a
+//!   Unix socket whose control socket is PATH.ctrl);
+//! - `device:PATH`: a TPM device, normally the kernel's resource manager
+//!   `/dev/tpmrm0`;
+//! - a tpm2-tss TCTI string such as `swtpm:host=127.0.0.1,port=2321`.
 
 use imalog_tpm::Tpm;
 
@@ -24,4 +32,119 @@ pub fn open_quoter(spec: &str) -> Outcome<Box<dyn imalog_collector::service::Quo
     Err(Failure::Usage(format!(
         "--tpm {spec}: this imalog was built without the TSS backend; rebuild with `--features tss` (needs libtss2-dev)"
     )))
+}
+
+/// Turns a command-line TPM name into a TCTI string.
+#[cfg(feature = "tss")]
+fn tcti_for(spec: &str) -> Outcome<String> {
+    if spec.contains('=') {
+        return Ok(spec.to_string());
+    }
+    if let Some(path) = spec.strip_prefix("device:") {
+        return Ok(format!("device:{path}"));
+    }
+    if let Some(target) = spec.strip_prefix("swtpm:") {
+        if target.starts_with('/') || target.starts_with('.') {
+            return Ok(format!("swtpm:path={target}"));
+        }
+        if let Some((host, port)) = target.rsplit_once(':') {
+            if port.parse::<u16>().is_ok() {
+                return Ok(format!("swtpm:host={host},port={port}"));
+            }
+        }
+    }
+    Err(Failure::Usage(format!("--tpm {spec}: expected swtpm:HOST:PORT, swtpm:PATH or device:PATH")))
+}
+
+#[cfg(feature = "tss")]
+pub fn open_hardware_tpm(spec: &str, proxy_address: &str) -> Outcome<(Option<Box<dyn Tpm>>, ProxyGuard)> {
+    use std::net::{IpAddr, SocketAddr};
+
+    use imalog_tpm::proxy::{ProxyConfig, TcpListen, TpmProxy};
+    use imalog_tpm::TssTpm;
+
+    if let Some(path) = spec.strip_prefix("device:") {
+        let tpm = TssTpm::open(&format!("device:{path}")).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
+        tracing::info!(device = path, banks = ?tpm.banks(), "extending a TPM device");
+        return Ok((Some(Box::new(tpm)), None));
+    }
+    let Some(target) = spec.strip_prefix("swtpm:") else {
+        return open_hardware_tpm_error(spec);
+    };
+    let mut config = if target.starts_with('/') || target.starts_with('.') {
+        ProxyConfig::swtpm_unix(target)
+    } else {
+        let address: SocketAddr = target
+            .parse()
+            .map_err(|_| Failure::Usage(format!("--tpm {spec}: expected swtpm:HOST:PORT with a numeric address")))?;
+        ProxyConfig::swtpm_tcp(address.ip(), address.port())
+    };
+    let listen: SocketAddr = proxy_address
+        .parse()
+        .map_err(|_| Failure::Usage(format!("--tpm-proxy {proxy_address}: expected a loopback IP:PORT")))?;
+    let ip: IpAddr = listen.ip();
+    config.tcp = Some(TcpListen { ip, server_port: listen.port(), control_port: None });
+    let proxy = TpmProxy::start(config).map_err(|e| Failure::Usage(format!("--tpm {spec}: proxy: {e}")))?;
+    let tcti = proxy.tcti().ok_or_else(|| Failure::Usage("the TPM proxy has no TCP listener".into()))?;
+    if let Some((server, control)) = proxy.tcp_addresses() {
+        tracing::info!(%server, %control, tcti = %tcti, "TPM proxy listening; other TPM clients connect here");
+        println!("tpm-proxy {server} {tcti}");
+    }
+    let tpm = TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
+    tracing::info!(banks = ?tpm.banks(), "extending swtpm through the proxy");
+    Ok((Some(Box::new(tpm)), Some(Box::new(proxy))))
+}
+
+#[cfg(feature = "tss")]
+fn open_hardware_tpm_error(spec: &str) -> Outcome<(Option<Box<dyn Tpm>>, ProxyGuard)> {
+    Err(Failure::Usage(format!("--tpm {spec}: expected soft, swtpm:HOST:PORT, swtpm:PATH or device:PATH")))
+}
+
+/// Quotes through tss-esapi; reads the PCR values before and after each
+/// quote, and retries when they changed in between, so that the values
+/// returned are the ones the quote covers.
+#[cfg(feature = "tss")]
+struct TssQuoter {
+    tpm: std::sync::Mutex<imalog_tpm::TssTpm>,
+}
+
+#[cfg(feature = "tss")]
+impl imalog_collector::service::Quoter for TssQuoter {
+    fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<imalog_collector::service::QuoteOutput, String> {
+        let mut tpm = self.tpm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let banks = tpm.banks();
+        let selection: Vec<(imalog_core::Bank, Vec<u32>)> = banks.iter().map(|b| (*b, pcrs.to_vec())).collect();
+        let read =
+            |tpm: &mut imalog_tpm::TssTpm| -> Result<Vec<(imalog_core::Bank, u32, imalog_core::Digest)>, String> {
+                let mut values = Vec::new();
+                for bank in &banks {
+                    for pcr in pcrs {
+                        values.push((*bank, *pcr, tpm.read(bank, *pcr).map_err(|e| e.to_string())?));
+                    }
+                }
+                Ok(values)
+            };
+        for attempt in 1..=5 {
+            let before = read(&mut tpm)?;
+            let quote = tpm.quote(nonce, &selection).map_err(|e| e.to_string())?;
+            let after = read(&mut tpm)?;
+            if before == after {
+                return Ok(imalog_collector::service::QuoteOutput {
+                    attest: quote.attest,
+                    signature: quote.signature,
+                    ak_public: quote.ak_public,
+                    pcrs: after,
+                });
+            }
+            tracing::debug!(attempt, "PCRs changed during the quote; quoting again");
+        }
+        Err("PCRs kept changing during five quotes; measurements are too frequent to pin a quote".into())
+    }
+}
+
+#[cfg(feature = "tss")]
+pub fn open_quoter(spec: &str) -> Outcome<Box<dyn imalog_collector::service::Quoter>> {
+    let tcti = tcti_for(spec)?;
+    let tpm = imalog_tpm::TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
+    Ok(Box::new(TssQuoter { tpm: std::sync::Mutex::new(tpm) }))
 }

@@ -1,0 +1,283 @@
+//! `imalog emulate` extending a real swtpm through its TPM proxy, checked
+//! with tools that know nothing of imalog: `tpm2_pcrread` through the proxy
+//! reads the PCRs, and `evmctl ima_measurement` replays the saved history
+//! plus the mounted list against them, before and after `A`/`D`, `N` and a
+//! kexec. `imalog collect` then quotes the same TPM through the proxy while
+//! the emulator keeps extending it.
+//!
+//! Needs the `tss` feature (the emulator's swtpm backend), root, FUSE,
+//! swtpm, tpm2-tools and ima-evm-utils; without them the tests skip, or fail
+//! under `IMALOG_REQUIRE_ORACLES=1`.
+
+#![cfg(feature = "tss")]
+
+mod common;
+#[path = "common/mount.rs"]
+#[allow(dead_code)]
+mod mount;
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{arg, record_offsets};
+use imalog_core::HashAlgorithm;
+use imalog_tpm::testing::Swtpm;
+use imalog_tpm::QuoteInfo;
+use mount::{find_tool, fuse_available, Emulator};
+
+const BANKS: [&str; 4] = ["sha1", "sha256", "sha384", "sha512"];
+
+/// Starts swtpm and an emulator that extends it; returns both and the
+/// proxy's TCTI string from the emulator's output.
+fn start() -> Option<(Swtpm, Emulator, String)> {
+    if !fuse_available() {
+        return None;
+    }
+    for (tool, package) in [("tpm2_pcrread", "tpm2-tools"), ("evmctl", "ima-evm-utils")] {
+        if !mount::available_or_skip(find_tool(tool).is_some(), &format!("{tool} is not on PATH (install {package})")) {
+            return None;
+        }
+    }
+    let swtpm = Swtpm::start_for_test()?;
+    let address = match swtpm.server_endpoint() {
+        imalog_tpm::proxy::Endpoint::Tcp(address) => address,
+        other => panic!("swtpm listens on {other:?}, expected TCP"),
+    };
+    let tpm = format!("swtpm:{address}");
+    let emulator = Emulator::start(&["--tpm", &tpm, "--tpm-proxy", "127.0.0.1:0"]);
+    let tcti = emulator
+        .log()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tpm-proxy ").and_then(|rest| rest.split_whitespace().nth(1)).map(String::from)
+        })
+        .unwrap_or_else(|| panic!("the emulator did not print its TPM proxy:\n{}", emulator.log()));
+    Some((swtpm, emulator, tcti))
+}
+
+/// Reads PCR 10 of every bank with `tpm2_pcrread` through the proxy.
+fn pcrread(tcti: &str) -> Vec<(String, String)> {
+    let selection = BANKS.iter().map(|b| format!("{b}:10")).collect::<Vec<_>>().join("+");
+    let output = Command::new("tpm2_pcrread")
+        .arg(selection)
+        .env("TPM2TOOLS_TCTI", tcti)
+        .output()
+        .expect("failed to start tpm2_pcrread");
+    assert!(output.status.success(), "tpm2_pcrread: {}", String::from_utf8_lossy(&output.stderr));
+    let values = imalog_core::parse_pcr_yaml(&String::from_utf8_lossy(&output.stdout)).expect("tpm2_pcrread YAML");
+    values.iter().map(|v| (v.bank.to_string(), v.value.to_hex())).collect()
+}
+
+fn write_evmctl_pcrs(path: &Path, pcr10: &str) {
+    let mut text = String::new();
+    for pcr in 0..10 {
+        text.push_str(&format!("PCR-{pcr:02}: {}\n", "0".repeat(pcr10.len())));
+    }
+    text.push_str(&format!("PCR-10: {pcr10}\n"));
+    fs::write(path, text).expect("failed to write the evmctl PCR file");
+}
+
+/// Checks the saved history plus the mounted SHA-1 list against the PCRs
+/// `tpm2_pcrread` returns: evmctl in sha1 and sha256, imalog in every bank.
+fn assert_agrees_with_tpm(emulator: &Emulator, tcti: &str, history: &[u8], label: &str) {
+    let mut full = history.to_vec();
+    full.extend_from_slice(&fs::read(emulator.ima("binary_runtime_measurements")).expect("read the list"));
+    emulator.wait_for_open_users(0);
+    let list = emulator.scratch("history.bin");
+    fs::write(&list, &full).expect("failed to write the history");
+    let records = record_offsets(&full, 20).0.len();
+
+    let tpm = pcrread(tcti);
+    assert_eq!(tpm.len(), 4, "{label}: tpm2_pcrread banks");
+    for (bank, value) in &tpm {
+        if bank == "sha1" || bank == "sha256" {
+            let pcr_file = emulator.scratch(&format!("pcrs-{bank}.txt"));
+            write_evmctl_pcrs(&pcr_file, value);
+            let output = Command::new("evmctl")
+                .args(["-v", "ima_measurement", "--ignore-violations", &format!("--verify-bank={bank}"), "--pcrs"])
+                .arg(format!("{bank},{}", arg(&pcr_file)))
+                .arg(&list)
+                .output()
+                .expect("failed to start evmctl");
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            assert_eq!(output.status.code(), Some(0), "{label}: evmctl {bank}\n{text}");
+            let success = format!("{bank} PCR-10: succeed at entry {records}");
+            assert!(text.lines().any(|line| line == success), "{label}: evmctl {bank} lacks `{success}`\n{text}");
+        }
+        let report = common::replay_json(&list, &["--bank", bank]);
+        assert_eq!(common::json_pcr10(&report, bank), *value, "{label}: imalog replay PCR 10 in {bank}");
+    }
+}
+
+fn open_read_write(path: &Path) -> fs::File {
+    OpenOptions::new().read(true).write(true).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read_from_start(file: &mut fs::File) -> Vec<u8> {
+    file.seek(SeekFrom::Start(0)).expect("seek");
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).expect("read");
+    bytes
+}
+
+fn measure_files(emulator: &Emulator, tag: &str, count: usize) {
+    for index in 0..count {
+        emulator.measure_new_file(&format!("{tag}-{index}"), format!("{tag} {index}\n").as_bytes());
+    }
+}
+
+#[test]
+fn evmctl_agrees_with_swtpm_across_export_and_kexec() {
+    let Some((_swtpm, emulator, tcti)) = start() else { return };
+    let mut history = Vec::new();
+
+    measure_files(&emulator, "first", 5);
+    assert_agrees_with_tpm(&emulator, &tcti, &history, "after measurements");
+
+    {
+        let mut staged = open_read_write(&emulator.ima("binary_runtime_measurements_staged"));
+        staged.write_all(b"A\n").expect("A");
+        let chunk = read_from_start(&mut staged);
+        assert_eq!(record_offsets(&chunk, 20).0.len(), 6, "boot_aggregate and five files staged");
+        history.extend_from_slice(&chunk);
+        staged.write_all(b"D\n").expect("D");
+    }
+    assert_agrees_with_tpm(&emulator, &tcti, &history, "after A and D");
+
+    measure_files(&emulator, "second", 4);
+    {
+        let mut original = open_read_write(&emulator.ima("binary_runtime_measurements"));
+        let current = read_from_start(&mut original);
+        let (offsets, _) = record_offsets(&current, 20);
+        assert_eq!(offsets.len(), 4);
+        // Delete the first three; the fourth stays in the kernel.
+        history.extend_from_slice(&current[..offsets[3]]);
+        original.write_all(b"3\n").expect("N");
+    }
+    assert_agrees_with_tpm(&emulator, &tcti, &history, "after N");
+
+    let report = emulator.kexec();
+    assert!(report.contains("restored"), "{report}");
+    measure_files(&emulator, "third", 2);
+    assert_agrees_with_tpm(&emulator, &tcti, &history, "after kexec");
+}
+
+/// Starts `imalog collect` with quotes from `tcti`; returns the child and
+/// the HTTP address it reports.
+fn start_collector(emulator: &Emulator, tcti: &str) -> (Child, String) {
+    let log = emulator.scratch("collect.log");
+    let output = fs::File::create(&log).expect("collector log");
+    let child = Command::new(env!("CARGO_BIN_EXE_imalog"))
+        .args(["collect", "--securityfs", arg(&emulator.mount_point()), "--store"])
+        .arg(emulator.scratch("store"))
+        .args(["--interval", "200ms", "--listen", "127.0.0.1:0", "--tpm", tcti, "--boot-id-file"])
+        .arg(emulator.scratch("no-boot-id"))
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().expect("log descriptor"))
+        .stderr(output)
+        .spawn()
+        .expect("failed to start imalog collect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if let Some(address) = text.lines().find_map(|line| {
+            line.contains("HTTP API listening").then(|| line.split("address=").nth(1).map(|a| a.trim().to_string()))?
+        }) {
+            return (child, address);
+        }
+        assert!(Instant::now() < deadline, "imalog collect did not start:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP GET on loopback; returns status and body.
+fn http_get(address: &str, target: &str) -> (u16, Vec<u8>) {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the collector");
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    let head = String::from_utf8_lossy(&response[..head_end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, response[head_end..].to_vec())
+}
+
+#[test]
+fn collector_quotes_while_emulator_extends() {
+    let Some((_swtpm, emulator, tcti)) = start() else { return };
+    let (mut collector, address) = start_collector(&emulator, &tcti);
+
+    // Measure from another thread while quoting.
+    let control = emulator.control();
+    let folder = emulator.scratch("load");
+    fs::create_dir_all(&folder).expect("load folder");
+    let load = thread::spawn(move || {
+        for index in 0..40 {
+            let path = folder.join(format!("f{index}"));
+            fs::write(&path, format!("load {index}")).expect("write a file");
+            let run = common::imalog(["measure", "--control", arg(&control), arg(&path)]);
+            assert_eq!(run.code, 0, "measure: {}", run.stderr);
+        }
+    });
+    for round in 0..8u8 {
+        let nonce = [round; 20];
+        let (status, body) =
+            http_get(&address, &format!("/v1/quote?nonce={}&pcrs=10", imalog_core::hex::encode(&nonce)));
+        assert_eq!(status, 200, "quote {round}: {}", String::from_utf8_lossy(&body));
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("quote JSON");
+        let attest = imalog_core::hex::decode(json["attest"].as_str().expect("attest").as_bytes()).expect("hex");
+        let info = QuoteInfo::parse(&attest).expect("TPMS_ATTEST parses");
+        assert_eq!(info.extra_data, nonce, "quote {round}: nonce");
+        assert_eq!(info.pcr_selection.len(), 4, "quote {round}: every bank is quoted");
+        // The PCR values returned are the ones the quote covers.
+        let mut concatenated = Vec::new();
+        for (bank, pcrs) in &info.pcr_selection {
+            assert_eq!(pcrs, &vec![10]);
+            let value = json["pcrs"][bank.to_string()]["10"].as_str().expect("value of each quoted bank");
+            concatenated.extend_from_slice(&imalog_core::hex::decode(value.as_bytes()).expect("hex"));
+        }
+        assert_eq!(
+            info.pcr_digest,
+            HashAlgorithm::Sha256.digest(&concatenated).as_bytes(),
+            "quote {round}: pcrDigest covers the returned values"
+        );
+        assert!(json["last_index"].as_u64().is_some(), "quote {round}: last_index");
+    }
+    load.join().expect("measurement thread");
+
+    // The collector's history replays to what tpm2_pcrread reports, once
+    // the measurements have stopped.
+    thread::sleep(Duration::from_millis(500));
+    let (status, history) = http_get(&address, "/v1/records?from=0");
+    assert_eq!(status, 200);
+    let history = dechunk(&history);
+    let list = emulator.scratch("collected.bin");
+    fs::write(&list, &history).expect("write history");
+    let tpm = pcrread(&tcti);
+    let report = common::replay_json(&list, &["--bank", "sha1,sha256,sha384,sha512"]);
+    for (bank, value) in &tpm {
+        assert_eq!(common::json_pcr10(&report, bank), *value, "collected history in {bank}");
+    }
+    let _ = collector.kill();
+    let _ = collector.wait();
+}
+
+/// Decodes an HTTP chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).expect("size"), 16).expect("hex size");
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
