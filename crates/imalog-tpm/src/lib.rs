@@ -2,7 +2,7 @@
 //! PCRs through, and its implementations:
 //!
 //! - [`SoftTpm`], an in-process TPM with PCR banks for every algorithm
-//!   imalog implements;
+//!   imalog implements, which signs quotes with a software attestation key;
 //! - `TssTpm` (cargo feature `tss`), swtpm or `/dev/tpmrm0` through
 //!   tss-esapi, which also signs quotes with an attestation key;
 //! - [`proxy::TpmProxy`], which keeps the one connection to swtpm and lets
@@ -10,6 +10,10 @@
 //!   a real TPM;
 //! - `testing::Swtpm` (cargo feature `swtpm-testing`), which runs swtpm for
 //!   tests.
+//!
+//! [`verify_quote`] checks a quote's signature and signer in pure Rust, for
+//! the attestation keys that TPMs and [`SoftTpm`] make (ECDSA on NIST P-256
+//! and P-384, RSASSA and RSAPSS with 2048- and 3072-bit keys).
 //!
 //! A real TPM extends each allocated bank of a PCR with one digest per
 //! bank: `PCR_new = H_bank(PCR_old || digest)`. PCRs 0 to 23 exist in every
@@ -19,18 +23,29 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod algorithm;
+mod marshal;
 pub mod proxy;
+mod public;
 mod quote;
+mod signature;
 mod soft;
+mod soft_ak;
 #[cfg(feature = "swtpm-testing")]
 pub mod testing;
 #[cfg(feature = "tss")]
 mod tss;
+pub mod verify;
 
-pub use quote::{AkAlgorithm, AttestError, Quote, QuoteInfo, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
-pub use soft::SoftTpm;
+pub use algorithm::{AkAlgorithm, KeyType, SignatureScheme, SigningScheme};
+pub use marshal::MarshalError;
+pub use public::{attributes, AkPublic, Hierarchy};
+pub use quote::{AttestError, Quote, QuoteInfo, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
+pub use signature::TpmSignature;
+pub use soft::{SoftTpm, SOFT_TPM_FIRMWARE_VERSION};
 #[cfg(feature = "tss")]
 pub use tss::TssTpm;
+pub use verify::{pcr_digest, verify_quote, QuoteError};
 
 use imalog_core::{Bank, Digest};
 

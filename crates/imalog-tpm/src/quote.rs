@@ -15,17 +15,6 @@ const MAX_SELECTION_BANKS: u32 = 16;
 /// for 32 PCRs).
 const MAX_SIZE_OF_SELECT: u8 = 4;
 
-/// The attestation key algorithm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AkAlgorithm {
-    /// ECC NIST P-256 with ECDSA over SHA-256.
-    #[default]
-    EccP256,
-    /// RSA 2048 with RSASSA-PKCS1-v1_5 over SHA-256.
-    Rsa2048,
-}
-
 /// A signed quote, as TPM2_Quote returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quote {

@@ -1,9 +1,15 @@
 //! An in-process TPM: PCR banks in memory, extended with the banks' own
-//! hash algorithms.
+//! hash algorithms, and quotes signed by a software attestation key in the
+//! TPM 2.0 formats.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use imalog_core::{Bank, Digest, MAX_DIGEST_SIZE};
 
-use crate::{Tpm, TpmError, PCR_COUNT};
+use crate::marshal::Writer;
+use crate::soft_ak::SoftAk;
+use crate::{AkAlgorithm, Quote, Tpm, TpmError, PCR_COUNT, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
 
 /// The PCRs that a PC client TPM resets to all ones instead of zeros: the
 /// DRTM PCRs, which only a dynamic launch sets to zero (TCG PC Client
@@ -12,17 +18,46 @@ use crate::{Tpm, TpmError, PCR_COUNT};
 // (TPM_RC_LOCALITY); SoftTpm accepts them.
 const ALL_ONES_PCRS: std::ops::RangeInclusive<u32> = 17..=22;
 
+/// Maximum bytes of qualifying data in a quote: the size of `TPMU_HA`, the
+/// largest digest (SHA-512), as for [`crate::TssTpm`].
+const MAX_NONCE_SIZE: usize = 64;
+
+/// Bytes of PCR bitmap per bank in the `TPML_PCR_SELECTION` of a quote, for
+/// PCRs 0 to 23, as TPMs with 24 PCRs marshal it.
+const SIZE_OF_SELECT: usize = 3;
+
+/// The `firmwareVersion` that SoftTpm quotes report.
+pub const SOFT_TPM_FIRMWARE_VERSION: u64 = 0x0001_0000_0000_0000;
+
 /// An in-process TPM with PCR banks in memory.
+///
+/// Quotes are real TPM 2.0 quotes: a `TPMS_ATTEST` signed by a software
+/// attestation key, which a verifier checks like a TPM's (see
+/// [`crate::verify_quote`]). The key acts as a primary key of the
+/// endorsement hierarchy, so the attest's `qualifiedSigner` is its qualified
+/// name there. A clone keeps the attestation key once the TPM has one.
 #[derive(Clone, Debug)]
 pub struct SoftTpm {
     banks: Vec<Bank>,
     /// `pcrs[b][i]` is PCR `i` of `banks[b]`.
     pcrs: Vec<Vec<Digest>>,
+    ak_algorithm: AkAlgorithm,
+    /// The attestation key, or `None` before the first use of the key of a
+    /// TPM made without a seed, which then gets a random key.
+    ak: Option<Arc<SoftAk>>,
+    /// The time the TPM was made, which `clockInfo.clock` counts from.
+    created: Instant,
+    /// The clock of the last quote, which the next quote's exceeds.
+    clock: u64,
+    reset_count: u32,
+    restart_count: u32,
 }
 
 impl SoftTpm {
-    /// A TPM with these banks, every PCR reset. Banks whose hash imalog does
-    /// not implement are rejected, because they could not be extended.
+    /// Creates a TPM with these banks, every PCR reset. Banks whose hash
+    /// imalog does not implement are rejected, because they could not be
+    /// extended. The attestation key is a random P-256 key, made at its
+    /// first use.
     pub fn new(banks: &[Bank]) -> Result<Self, TpmError> {
         let mut unique: Vec<Bank> = Vec::new();
         for bank in banks {
@@ -33,16 +68,77 @@ impl SoftTpm {
                 unique.push(*bank);
             }
         }
-        let pcrs = unique.iter().map(reset_bank).collect();
-        Ok(SoftTpm { banks: unique, pcrs })
+        Ok(Self::with_banks(unique))
     }
 
-    /// A TPM with the banks swtpm allocates by default: sha1, sha256, sha384
-    /// and sha512.
-    pub fn with_default_banks() -> Self {
-        let banks = [Bank::SHA1, Bank::SHA256, Bank::SHA384, Bank::SHA512];
+    /// Creates a TPM with these banks and an attestation key of `algorithm`
+    /// derived from `seed`, so that tests get the same key every time.
+    pub fn with_attestation_key(banks: &[Bank], algorithm: AkAlgorithm, seed: &[u8]) -> Result<Self, TpmError> {
+        let mut tpm = Self::new(banks)?;
+        tpm.ak_algorithm = algorithm;
+        tpm.ak = Some(Arc::new(SoftAk::derive(algorithm, seed)?));
+        Ok(tpm)
+    }
+
+    fn with_banks(banks: Vec<Bank>) -> Self {
         let pcrs = banks.iter().map(reset_bank).collect();
-        SoftTpm { banks: banks.to_vec(), pcrs }
+        SoftTpm {
+            banks,
+            pcrs,
+            ak_algorithm: AkAlgorithm::default(),
+            ak: None,
+            created: Instant::now(),
+            clock: 0,
+            reset_count: 0,
+            restart_count: 0,
+        }
+    }
+
+    /// Creates a TPM with the banks swtpm allocates by default (sha1,
+    /// sha256, sha384 and sha512) and a random P-256 attestation key, made
+    /// at its first use.
+    pub fn with_default_banks() -> Self {
+        Self::with_banks(vec![Bank::SHA1, Bank::SHA256, Bank::SHA384, Bank::SHA512])
+    }
+
+    /// Returns the algorithm of the attestation key.
+    pub fn ak_algorithm(&self) -> AkAlgorithm {
+        self.ak_algorithm
+    }
+
+    /// Returns the attestation key as a marshalled `TPM2B_PUBLIC`, and
+    /// creates a random key first for a TPM made without a seed.
+    pub fn ak_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        Ok(self.attestation_key()?.public().to_tpm2b())
+    }
+
+    /// Simulates a TPM Reset (power cycle or reboot,
+    /// `TPM2_Startup(CLEAR)` after `TPM2_Shutdown(CLEAR)` or power loss):
+    /// every PCR returns to its reset value, `resetCount` goes up by one and
+    /// `restartCount` returns to 0. The clock and the attestation key stay.
+    pub fn reset(&mut self) {
+        self.pcrs = self.banks.iter().map(reset_bank).collect();
+        self.reset_count = self.reset_count.wrapping_add(1);
+        self.restart_count = 0;
+    }
+
+    /// Simulates a TPM Resume (suspend to RAM, `TPM2_Startup(STATE)` after
+    /// `TPM2_Shutdown(STATE)`): `restartCount` goes up by one and the PCRs
+    /// keep their values.
+    pub fn restart(&mut self) {
+        self.restart_count = self.restart_count.wrapping_add(1);
+    }
+
+    /// Returns the number of resets since the TPM was made
+    /// (`clockInfo.resetCount`).
+    pub fn reset_count(&self) -> u32 {
+        self.reset_count
+    }
+
+    /// Returns the number of restarts since the last reset
+    /// (`clockInfo.restartCount`).
+    pub fn restart_count(&self) -> u32 {
+        self.restart_count
     }
 
     /// Extends PCRs 0 to 9 with digests derived from `seed`, as firmware and
@@ -65,6 +161,44 @@ impl SoftTpm {
 
     fn bank_index(&self, bank: &Bank) -> Result<usize, TpmError> {
         self.banks.iter().position(|b| b.tpm_alg_id() == bank.tpm_alg_id()).ok_or(TpmError::NoSuchBank(*bank))
+    }
+
+    fn attestation_key(&mut self) -> Result<Arc<SoftAk>, TpmError> {
+        if let Some(ak) = &self.ak {
+            return Ok(Arc::clone(ak));
+        }
+        let ak = Arc::new(SoftAk::random(self.ak_algorithm)?);
+        self.ak = Some(Arc::clone(&ak));
+        Ok(ak)
+    }
+
+    /// Returns milliseconds since the TPM was made, and at least 1 more than
+    /// the last value returned, so that a verifier that rejects a clock
+    /// that did not advance accepts quotes made within one millisecond.
+    fn advance_clock(&mut self) -> u64 {
+        let elapsed = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock = elapsed.max(self.clock.saturating_add(1));
+        self.clock
+    }
+
+    /// Checks a quote's selection and returns each bank's index with its
+    /// PCRs sorted and without repeats.
+    fn quote_selection(&self, selection: &[(Bank, Vec<u32>)]) -> Result<Vec<(usize, Vec<u32>)>, TpmError> {
+        let mut checked = Vec::with_capacity(selection.len());
+        for (position, (bank, pcrs)) in selection.iter().enumerate() {
+            let index = self.bank_index(bank)?;
+            if selection[..position].iter().any(|(other, _)| other.tpm_alg_id() == bank.tpm_alg_id()) {
+                return Err(TpmError::DuplicateBank(*bank));
+            }
+            let mut pcrs = pcrs.clone();
+            if let Some(&pcr) = pcrs.iter().find(|&&pcr| pcr >= PCR_COUNT) {
+                return Err(TpmError::NoSuchPcr { pcr });
+            }
+            pcrs.sort_unstable();
+            pcrs.dedup();
+            checked.push((index, pcrs));
+        }
+        Ok(checked)
     }
 }
 
@@ -112,6 +246,50 @@ impl Tpm for SoftTpm {
         }
         let index = self.bank_index(bank)?;
         Ok(self.pcrs[index][pcr as usize])
+    }
+
+    /// Signs the selected PCRs as TPM2_Quote does: a quote `TPMS_ATTEST`
+    /// whose `pcrDigest` is the hash, with the signature's hash algorithm,
+    /// of the selected PCR values (banks in selection order, PCRs in
+    /// ascending order), and a `TPMT_SIGNATURE` over it.
+    fn quote(&mut self, nonce: &[u8], selection: &[(Bank, Vec<u32>)]) -> Result<Quote, TpmError> {
+        if nonce.len() > MAX_NONCE_SIZE {
+            return Err(TpmError::NonceSize { max: MAX_NONCE_SIZE, found: nonce.len() });
+        }
+        let selection = self.quote_selection(selection)?;
+        let ak = self.attestation_key()?;
+        let clock = self.advance_clock();
+
+        let hash = ak.algorithm().signing_scheme().hash;
+        let values: Vec<&[u8]> = selection
+            .iter()
+            .flat_map(|(index, pcrs)| pcrs.iter().map(|&pcr| self.pcrs[*index][pcr as usize].as_bytes()))
+            .collect();
+        let pcr_digest = hash.digest_parts(&values);
+
+        let mut attest = Writer::default();
+        attest
+            .u32(TPM_GENERATED_VALUE)
+            .u16(TPM_ST_ATTEST_QUOTE)
+            .sized(ak.qualified_name())
+            .sized(nonce)
+            .u64(clock)
+            .u32(self.reset_count)
+            .u32(self.restart_count)
+            .u8(1)
+            .u64(SOFT_TPM_FIRMWARE_VERSION)
+            .u32(selection.len() as u32);
+        for (index, pcrs) in &selection {
+            let mut bitmap = [0u8; SIZE_OF_SELECT];
+            for &pcr in pcrs {
+                bitmap[(pcr / 8) as usize] |= 1 << (pcr % 8);
+            }
+            attest.u16(self.banks[*index].tpm_alg_id()).u8(SIZE_OF_SELECT as u8).raw(&bitmap);
+        }
+        attest.sized(pcr_digest.as_bytes());
+
+        let signature = ak.sign(&attest.bytes)?;
+        Ok(Quote { attest: attest.bytes, signature: signature.to_bytes(), ak_public: ak.public().to_tpm2b() })
     }
 }
 

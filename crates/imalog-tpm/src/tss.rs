@@ -24,7 +24,7 @@ use tss_esapi::utils::TpmsContext;
 use tss_esapi::{Context, TctiNameConf};
 
 use crate::proxy::{ProxyConfig, TpmProxy};
-use crate::{AkAlgorithm, Quote, Tpm, TpmError, PCR_COUNT};
+use crate::{AkAlgorithm, KeyType, Quote, Tpm, TpmError, PCR_COUNT};
 
 /// Most bytes of qualifying data in TPM2_Quote: the size of `TPMU_HA`, the
 /// largest digest (SHA-512).
@@ -341,8 +341,8 @@ fn pcr_slot(pcr: u32) -> Result<PcrSlot, TpmError> {
 }
 
 /// Builds the template of a restricted signing key with no authorization
-/// policy and an empty password, with SHA-256 as name algorithm and
-/// signing hash.
+/// policy and an empty password, with the name algorithm, scheme and hash
+/// of `algorithm`.
 fn ak_template(algorithm: AkAlgorithm) -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
@@ -352,41 +352,54 @@ fn ak_template(algorithm: AkAlgorithm) -> tss_esapi::Result<Public> {
         .with_restricted(true)
         .with_sign_encrypt(true)
         .build()?;
-    let builder =
-        PublicBuilder::new().with_name_hashing_algorithm(HashingAlgorithm::Sha256).with_object_attributes(attributes);
-    let scheme_hash = HashScheme::new(HashingAlgorithm::Sha256);
+    let name_algorithm = tss_hash(algorithm.name_algorithm());
+    let builder = PublicBuilder::new().with_name_hashing_algorithm(name_algorithm).with_object_attributes(attributes);
+    let signing = algorithm.signing_scheme();
+    let scheme_hash = HashScheme::new(tss_hash(signing.hash));
 
-    match algorithm {
-        AkAlgorithm::EccP256 => {
-            let parameters = PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_ecc_scheme(EccScheme::EcDsa(scheme_hash))
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(true)
-                .with_restricted(true)
-                .build()?;
-            builder
-                .with_public_algorithm(PublicAlgorithm::Ecc)
-                .with_ecc_parameters(parameters)
-                .with_ecc_unique_identifier(EccPoint::default())
-                .build()
-        }
-        AkAlgorithm::Rsa2048 => {
-            let parameters = PublicRsaParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_scheme(RsaScheme::RsaSsa(scheme_hash))
-                .with_key_bits(RsaKeyBits::Rsa2048)
-                .with_exponent(RsaExponent::default())
-                .with_is_signing_key(true)
-                .with_restricted(true)
-                .build()?;
-            builder
-                .with_public_algorithm(PublicAlgorithm::Rsa)
-                .with_rsa_parameters(parameters)
-                .with_rsa_unique_identifier(PublicKeyRsa::default())
-                .build()
-        }
+    if algorithm.key_type().is_rsa() {
+        let scheme = match signing.scheme {
+            crate::SignatureScheme::Rsapss => RsaScheme::RsaPss(scheme_hash),
+            _ => RsaScheme::RsaSsa(scheme_hash),
+        };
+        let key_bits = if algorithm.key_type() == KeyType::Rsa3072 { RsaKeyBits::Rsa3072 } else { RsaKeyBits::Rsa2048 };
+        let parameters = PublicRsaParametersBuilder::new()
+            .with_symmetric(SymmetricDefinitionObject::Null)
+            .with_scheme(scheme)
+            .with_key_bits(key_bits)
+            .with_exponent(RsaExponent::default())
+            .with_is_signing_key(true)
+            .with_restricted(true)
+            .build()?;
+        builder
+            .with_public_algorithm(PublicAlgorithm::Rsa)
+            .with_rsa_parameters(parameters)
+            .with_rsa_unique_identifier(PublicKeyRsa::default())
+            .build()
+    } else {
+        let curve = if algorithm.key_type() == KeyType::EccP384 { EccCurve::NistP384 } else { EccCurve::NistP256 };
+        let parameters = PublicEccParametersBuilder::new()
+            .with_symmetric(SymmetricDefinitionObject::Null)
+            .with_ecc_scheme(EccScheme::EcDsa(scheme_hash))
+            .with_curve(curve)
+            .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+            .with_is_signing_key(true)
+            .with_restricted(true)
+            .build()?;
+        builder
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_ecc_parameters(parameters)
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+    }
+}
+
+/// Maps a hash that attestation keys use to its tss-esapi name.
+fn tss_hash(hash: HashAlgorithm) -> HashingAlgorithm {
+    match hash {
+        HashAlgorithm::Sha384 => HashingAlgorithm::Sha384,
+        HashAlgorithm::Sha512 => HashingAlgorithm::Sha512,
+        _ => HashingAlgorithm::Sha256,
     }
 }
 
@@ -424,7 +437,8 @@ mod tests {
 
     #[test]
     fn ak_templates_build() {
-        assert!(ak_template(AkAlgorithm::EccP256).is_ok());
-        assert!(ak_template(AkAlgorithm::Rsa2048).is_ok());
+        for algorithm in AkAlgorithm::ALL {
+            assert!(ak_template(algorithm).is_ok(), "{algorithm}");
+        }
     }
 }

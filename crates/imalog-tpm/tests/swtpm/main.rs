@@ -9,3 +9,4 @@ mod common;
 mod proxy;
 mod quote;
 mod tss;
+mod verify;

@@ -3,7 +3,7 @@
 
 use imalog_core::{Bank, Digest, HashAlgorithm};
 use imalog_tpm::testing::{tool_for_test, Swtpm};
-use imalog_tpm::{AkAlgorithm, Quote, QuoteInfo, Tpm, TssTpm, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
+use imalog_tpm::{verify_quote, AkAlgorithm, Quote, QuoteInfo, Tpm, TssTpm, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
 
 use crate::common::{event_digests, parse_pcrread, run_tool_ok, start_proxy, ScratchDirectory};
 
@@ -30,6 +30,8 @@ fn check_own_quote(algorithm: AkAlgorithm, name: &str) {
     assert_eq!(quote.attest[4..6], TPM_ST_ATTEST_QUOTE.to_be_bytes(), "attest type");
     let info = QuoteInfo::parse(&quote.attest).expect("parse the attest");
     assert_eq!(info.extra_data, nonce, "extraData");
+    let verified = verify_quote(&quote.ak_public, &quote.attest, &quote.signature).expect("verify the quote");
+    assert_eq!(verified, info);
     assert_eq!(info.pcr_selection, vec![(Bank::SHA256, vec![0, 10]), (Bank::SHA1, vec![10])]);
 
     let values: Vec<Digest> = info
