@@ -271,7 +271,10 @@ impl Exporter {
 
     /// Checks the boot identity; a new boot whose current list starts with
     /// a `boot_aggregate` is a cold boot and starts a new epoch, any other
-    /// new boot is a kexec, which continues the history.
+    /// new boot is a kexec, which continues the history. A read-only
+    /// collector deletes nothing, so after a kexec its list still starts
+    /// with the first boot's `boot_aggregate`. For it, a list that begins
+    /// with the whole stored history means a kexec.
     fn check_boot(&mut self, current: &[u8]) -> Result<(), ExportError> {
         let identity = (self.boot_identity)();
         let known = self.store.meta().boot_identity.clone();
@@ -279,7 +282,19 @@ impl Exporter {
             return Ok(());
         }
         let order = self.store.byte_order();
-        if known.is_some() && starts_with_boot_aggregate(current, order) && self.store.next_index() > 0 {
+        let carried_history = self.flavor == Flavor::ReadOnly && {
+            let mut stored = Vec::new();
+            self.store.write_records(0, &mut stored)?;
+            current.starts_with(&stored)
+        };
+        // NOTE: a kexec that carries no record (no critical-data policy and
+        // an empty list, or a failed kexec_load) also starts with
+        // boot_aggregate, and is taken for a cold boot.
+        let cold_boot = known.is_some()
+            && self.store.next_index() > 0
+            && starts_with_boot_aggregate(current, order)
+            && !carried_history;
+        if cold_boot {
             tracing::info!(old = ?known, new = ?identity, epoch = self.store.epoch(), "boot identity changed and the list starts with boot_aggregate: cold boot");
             self.store.start_new_epoch()?;
         } else if known.is_some() {
@@ -421,6 +436,35 @@ impl Exporter {
             }
         }
         Ok(())
+    }
+
+    /// Returns the pending chunks whose records are in neither of the
+    /// kernel's lists (`staged`, `current`). The kernel deleted them, and a
+    /// failed or interrupted commit left the pending file as their only
+    /// copy, so a history must place them right after the committed records.
+    pub fn pending_outside_kernel(&self, staged: &[u8], current: &[u8]) -> Result<Vec<Pending>, ExportError> {
+        if self.flavor == Flavor::ReadOnly {
+            return Ok(Vec::new());
+        }
+        let order = self.store.byte_order();
+        let mut next_index = self.store.next_index();
+        let mut chunks = Vec::new();
+        for pending in self.store.pending()? {
+            if pending.first_index < next_index {
+                continue;
+            }
+            let still_staged = !staged.is_empty() && staged == pending.payload.as_slice();
+            let still_current = prefix_bytes(current, pending.count, order) == Some(pending.payload.as_slice());
+            if still_staged || still_current {
+                continue;
+            }
+            if pending.first_index > next_index {
+                return Err(ExportError::Store(StoreError::Gap { expected: next_index, found: pending.first_index }));
+            }
+            next_index += pending.count;
+            chunks.push(pending);
+        }
+        Ok(chunks)
     }
 
     fn round_delete_n(&mut self, report: &mut RoundReport) -> Result<(), ExportError> {

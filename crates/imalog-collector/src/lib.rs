@@ -22,5 +22,5 @@ pub mod service;
 pub mod store;
 
 pub use export::{ExportError, Exporter, Flavor, RoundReport};
-pub use securityfs::{Capability, Securityfs};
+pub use securityfs::{Capability, ListBackend, ListIo, Securityfs};
 pub use store::{Pending, Store, StoreError};

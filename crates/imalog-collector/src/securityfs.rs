@@ -61,87 +61,58 @@ pub enum Capability {
     ReadOnly,
 }
 
-/// A securityfs `ima` directory.
-#[derive(Clone, Debug)]
-pub struct Securityfs {
+/// File operations on the list files of one kernel: a securityfs folder, or
+/// an in-process model reached through the same operations.
+pub trait ListBackend: Send + Sync {
+    /// Whether the file exists (links followed).
+    fn exists(&self, name: &str) -> bool;
+    /// Whether the file's mode allows writing.
+    fn writable(&self, name: &str) -> bool;
+    /// Opens a file, read-write when `write` is set.
+    fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn ListIo>>;
+    /// A description for logs, such as the folder.
+    fn describe(&self) -> String;
+}
+
+/// An open list file of a [`ListBackend`].
+pub trait ListIo: Send {
+    /// Reads the whole list from offset 0 to EOF.
+    fn read_all(&mut self) -> io::Result<Vec<u8>>;
+    /// Writes one command in one write call; returns the bytes written.
+    fn write_command(&mut self, bytes: &[u8]) -> io::Result<usize>;
+}
+
+/// A securityfs `ima` folder on disk.
+struct Directory {
     dir: PathBuf,
 }
 
-impl Securityfs {
-    /// Uses `dir`, which may be the `ima` folder itself or a folder that
-    /// contains `integrity/ima` (the mount point of `imalog emulate`, or
-    /// `/sys/kernel/security`).
-    pub fn new(dir: &Path) -> io::Result<Self> {
-        for candidate in [dir.to_path_buf(), dir.join("integrity/ima"), dir.join("ima")] {
-            if candidate.join(BINARY_LIST).exists() {
-                return Ok(Securityfs { dir: candidate });
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{}: no {BINARY_LIST} here or under integrity/ima; is securityfs mounted?", dir.display()),
-        ))
-    }
-
-    /// The `ima` folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Detects what the kernel offers from the file names and modes: a
-    /// writable original list without `_staged` files takes `N` only.
-    pub fn capability(&self) -> Capability {
-        if self.dir.join(BINARY_STAGED).exists() {
-            return Capability::Staging;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        let writable =
-            std::fs::metadata(self.dir.join(BINARY_LIST)).map(|m| m.permissions().mode() & 0o222 != 0).unwrap_or(false);
-        if writable {
-            Capability::DeleteOnly
-        } else {
-            Capability::ReadOnly
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Opens a list file for reading and writing, which makes this process
-    /// the only one with list files open.
-    pub fn open_writer(&self, name: &str) -> io::Result<ListFile> {
-        let file = OpenOptions::new().read(true).write(true).open(self.path(name))?;
-        Ok(ListFile { file, name: name.to_string() })
-    }
-
-    /// Opens a list file read-only.
-    pub fn open_reader(&self, name: &str) -> io::Result<ListFile> {
-        let file = File::open(self.path(name))?;
-        Ok(ListFile { file, name: name.to_string() })
-    }
-
-    /// Reads `runtime_measurements_count`.
-    pub fn count(&self) -> io::Result<u64> {
-        let text = std::fs::read_to_string(self.path("runtime_measurements_count"))?;
-        text.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("count {text:?}")))
-    }
-}
-
-/// An open list file.
-pub struct ListFile {
+struct DirectoryFile {
     file: File,
-    name: String,
 }
 
-impl ListFile {
-    /// The file name.
-    pub fn name(&self) -> &str {
-        &self.name
+impl ListBackend for Directory {
+    fn exists(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
     }
 
-    /// Reads the whole list from offset 0 to EOF.
-    pub fn read_all(&mut self) -> io::Result<Vec<u8>> {
+    fn writable(&self, name: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(self.dir.join(name)).map(|m| m.permissions().mode() & 0o222 != 0).unwrap_or(false)
+    }
+
+    fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn ListIo>> {
+        let file = OpenOptions::new().read(true).write(write).open(self.dir.join(name))?;
+        Ok(Box::new(DirectoryFile { file }))
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+impl ListIo for DirectoryFile {
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
         self.file.seek(SeekFrom::Start(0))?;
         let mut bytes = Vec::new();
         let mut buffer = vec![0u8; 64 * 1024];
@@ -155,16 +126,93 @@ impl ListFile {
         }
     }
 
-    /// A reader from offset 0 to EOF, for streaming.
-    pub fn reader(&mut self) -> io::Result<&mut File> {
-        self.file.seek(SeekFrom::Start(0))?;
-        Ok(&mut self.file)
+    fn write_command(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.file.write(bytes)
+    }
+}
+
+/// The list files of one kernel.
+#[derive(Clone)]
+pub struct Securityfs {
+    backend: std::sync::Arc<dyn ListBackend>,
+}
+
+impl Securityfs {
+    /// Uses `dir`, which may be the `ima` folder itself or a folder that
+    /// contains `integrity/ima` (the mount point of `imalog emulate`, or
+    /// `/sys/kernel/security`).
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        for candidate in [dir.to_path_buf(), dir.join("integrity/ima"), dir.join("ima")] {
+            if candidate.join(BINARY_LIST).exists() {
+                return Ok(Securityfs { backend: std::sync::Arc::new(Directory { dir: candidate }) });
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{}: no {BINARY_LIST} here or under integrity/ima; is securityfs mounted?", dir.display()),
+        ))
+    }
+
+    /// Uses another backend, such as a kernel model in the same process.
+    pub fn with_backend(backend: std::sync::Arc<dyn ListBackend>) -> Self {
+        Securityfs { backend }
+    }
+
+    /// A description for logs.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Whether a list file exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.backend.exists(name)
+    }
+
+    /// Detects what the kernel offers from the file names and modes: a
+    /// writable original list without `_staged` files takes `N` only.
+    pub fn capability(&self) -> Capability {
+        if self.backend.exists(BINARY_STAGED) {
+            Capability::Staging
+        } else if self.backend.writable(BINARY_LIST) {
+            Capability::DeleteOnly
+        } else {
+            Capability::ReadOnly
+        }
+    }
+
+    /// Opens a list file for reading and writing, which makes this process
+    /// the only one with list files open.
+    pub fn open_writer(&self, name: &str) -> io::Result<ListFile> {
+        Ok(ListFile { io: self.backend.open(name, true)?, name: name.to_string() })
+    }
+
+    /// Opens a list file read-only.
+    pub fn open_reader(&self, name: &str) -> io::Result<ListFile> {
+        Ok(ListFile { io: self.backend.open(name, false)?, name: name.to_string() })
+    }
+}
+
+/// An open list file.
+pub struct ListFile {
+    io: Box<dyn ListIo>,
+    name: String,
+}
+
+impl ListFile {
+    /// The file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the whole list from offset 0 to EOF.
+    pub fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        self.io.read_all()
     }
 
     /// Writes a command (`A`, `D` or a count) as one write call.
     pub fn command(&mut self, command: &str) -> CommandResult {
         let text = format!("{command}\n");
-        match self.file.write(text.as_bytes()) {
+        match self.io.write_command(text.as_bytes()) {
             Ok(written) if written == text.len() => CommandResult::Done,
             Ok(_) => CommandResult::Other(libc::EIO),
             Err(error) => CommandResult::from_io(&error),

@@ -1,10 +1,11 @@
 //! The collector as a service: export rounds on an interval, and the
 //! history and quotes served over HTTP.
 //!
-//! The history of an epoch is the stored records, then the kernel's staged
+//! The history of an epoch is the committed records, then any pending chunk
+//! whose records the kernel has already deleted, then the kernel's staged
 //! list, then its current list (after a read-only collector: the kernel's
-//! list alone, which still holds everything). Absolute record indexes run
-//! through all three.
+//! list alone, which still contains everything). Absolute record indexes
+//! run through all of them.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,6 +96,9 @@ impl Collector {
         let order = store.byte_order();
         let mut sink = FormatSink { format, order, out, pending: Vec::new() };
 
+        // Read the kernel's lists first: they decide which pending chunks
+        // belong to the history.
+        let parts = history_after_store(&exporter)?;
         let mut next = if exporter.flavor() == Flavor::ReadOnly {
             0
         } else {
@@ -102,13 +106,7 @@ impl Collector {
             sink.flush_pending().map_err(ServeError::Client)?;
             end
         };
-        let mut names = Vec::new();
-        if exporter.flavor() != Flavor::ReadOnly && exporter.securityfs().dir().join(BINARY_STAGED).exists() {
-            names.push(BINARY_STAGED);
-        }
-        names.push(BINARY_LIST);
-        for name in names {
-            let bytes = read_list(&exporter, name)?;
+        for (name, bytes) in parts {
             let layout = BinaryLayout { digest_size: 20, byte_order: order };
             let mut decoder = BinaryDecoder::new(bytes.as_slice(), layout);
             let mut record = imalog_core::binary::empty_record();
@@ -159,13 +157,7 @@ impl Collector {
         let exporter = self.exporter();
         let order = exporter.store().byte_order();
         let mut end = if exporter.flavor() == Flavor::ReadOnly { 0 } else { exporter.store().next_index() };
-        let mut names = Vec::new();
-        if exporter.flavor() != Flavor::ReadOnly && exporter.securityfs().dir().join(BINARY_STAGED).exists() {
-            names.push(BINARY_STAGED);
-        }
-        names.push(BINARY_LIST);
-        for name in names {
-            let bytes = read_list(&exporter, name)?;
+        for (name, bytes) in history_after_store(&exporter)? {
             let layout = BinaryLayout { digest_size: 20, byte_order: order };
             let mut decoder = BinaryDecoder::new(bytes.as_slice(), layout);
             let mut record = imalog_core::binary::empty_record();
@@ -177,6 +169,30 @@ impl Collector {
         }
         Ok(end)
     }
+}
+
+/// Returns the parts of the history after the committed records, in
+/// order, each named for errors. They are the pending chunks that the
+/// kernel has deleted (their commit failed or was interrupted), the
+/// kernel's staged list, then its current list. A read-only collector
+/// serves the current list alone.
+fn history_after_store(exporter: &Exporter) -> Result<Vec<(String, Vec<u8>)>, ServeError> {
+    let read_only = exporter.flavor() == Flavor::ReadOnly;
+    let staged = if !read_only && exporter.securityfs().has(BINARY_STAGED) {
+        Some(read_list(exporter, BINARY_STAGED)?)
+    } else {
+        None
+    };
+    let current = read_list(exporter, BINARY_LIST)?;
+    let mut parts = Vec::new();
+    for pending in exporter.pending_outside_kernel(staged.as_deref().unwrap_or_default(), &current)? {
+        parts.push((format!("pending chunk {}", pending.first_index), pending.payload));
+    }
+    if let Some(staged) = staged {
+        parts.push((BINARY_STAGED.to_string(), staged));
+    }
+    parts.push((BINARY_LIST.to_string(), current));
+    Ok(parts)
 }
 
 fn read_list(exporter: &Exporter, name: &str) -> Result<Vec<u8>, ServeError> {

@@ -207,14 +207,22 @@ type FrameRead = Result<Option<(Header, Vec<u8>)>, String>;
 
 /// Reads one frame at the reader's position.
 fn read_frame(reader: &mut impl Read, magic: &[u8; 4]) -> io::Result<FrameRead> {
+    let mut payload = Vec::new();
+    Ok(check_frame(reader, magic, Some(&mut payload))?.map(|header| header.map(|header| (header, payload))))
+}
+
+/// Reads one frame at the reader's position and checks its checksum,
+/// streaming the payload through in pieces: into `payload` when given,
+/// else only through the checksum, so that a scan of large chunks keeps
+/// none of them in memory. Returns the header, `None` at a clean end of the
+/// file, or the reason the frame is torn or damaged.
+fn check_frame(
+    reader: &mut impl Read,
+    magic: &[u8; 4],
+    mut payload: Option<&mut Vec<u8>>,
+) -> io::Result<Result<Option<Header>, String>> {
     let mut header_bytes = [0u8; FRAME_HEADER];
-    let mut filled = 0;
-    while filled < FRAME_HEADER {
-        match reader.read(&mut header_bytes[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
+    let filled = read_up_to(reader, &mut header_bytes)?;
     if filled == 0 {
         return Ok(Ok(None));
     }
@@ -225,21 +233,48 @@ fn read_frame(reader: &mut impl Read, magic: &[u8; 4]) -> io::Result<FrameRead> 
         Ok(header) => header,
         Err(reason) => return Ok(Err(reason)),
     };
-    let mut rest = Vec::new();
-    reader.take(header.payload_len + 4).read_to_end(&mut rest)?;
-    if rest.len() as u64 != header.payload_len + 4 {
-        return Ok(Err(format!("frame cut: {} of {} payload and checksum bytes", rest.len(), header.payload_len + 4)));
-    }
-    let crc_at = rest.len() - 4;
-    let stored = u32::from_le_bytes(rest[crc_at..].try_into().unwrap_or([0; 4]));
+
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header_bytes);
-    hasher.update(&rest[..crc_at]);
-    if hasher.finalize() != stored {
+    let mut buffer = vec![0u8; (64 * 1024).min(header.payload_len as usize)];
+    let mut remaining = header.payload_len;
+    while remaining > 0 {
+        let piece = remaining.min(buffer.len() as u64) as usize;
+        let read = read_up_to(reader, &mut buffer[..piece])?;
+        hasher.update(&buffer[..read]);
+        if let Some(payload) = payload.as_deref_mut() {
+            payload.extend_from_slice(&buffer[..read]);
+        }
+        remaining -= read as u64;
+        if read < piece {
+            break;
+        }
+    }
+
+    let mut crc = [0u8; 4];
+    let crc_read = if remaining == 0 { read_up_to(reader, &mut crc)? } else { 0 };
+    if remaining > 0 || crc_read < crc.len() {
+        let got = header.payload_len - remaining + crc_read as u64;
+        return Ok(Err(format!("frame cut: {got} of {} payload and checksum bytes", header.payload_len + 4)));
+    }
+    if hasher.finalize() != u32::from_le_bytes(crc) {
         return Ok(Err("checksum mismatch".into()));
     }
-    rest.truncate(crc_at);
-    Ok(Ok(Some((header, rest))))
+    Ok(Ok(Some(header)))
+}
+
+/// Reads until `buffer` is full or the reader ends; returns the bytes read.
+fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl Store {
@@ -313,10 +348,10 @@ impl Store {
             let mut file = File::open(path).map_err(io_error(path))?;
             let mut offset = 0u64;
             loop {
-                let frame = read_frame(&mut file, CHUNK_MAGIC).map_err(io_error(path))?;
+                let frame = check_frame(&mut file, CHUNK_MAGIC, None).map_err(io_error(path))?;
                 match frame {
                     Ok(None) => break,
-                    Ok(Some((header, payload))) => {
+                    Ok(Some(header)) => {
                         if header.first_index != self.next_index {
                             return Err(StoreError::Corrupt {
                                 path: path.clone(),
@@ -332,10 +367,10 @@ impl Store {
                             count: header.count,
                             segment,
                             payload_offset: offset + FRAME_HEADER as u64,
-                            payload_len: payload.len() as u64,
+                            payload_len: header.payload_len,
                         });
                         self.next_index += header.count;
-                        offset += FRAME_HEADER as u64 + payload.len() as u64 + 4;
+                        offset += FRAME_HEADER as u64 + header.payload_len + 4;
                     }
                     Err(reason) if segment == last_segment && is_torn_tail(path, offset)? => {
                         tracing::warn!(
@@ -531,7 +566,8 @@ impl Store {
     }
 
     /// Streams the stored records from absolute index `from` to `out`, in
-    /// the binary list layout. Returns the index after the last record.
+    /// the binary list layout, a piece at a time. Returns the index after
+    /// the last record.
     pub fn write_records(&self, from: u64, out: &mut impl Write) -> Result<u64, StoreError> {
         let start = self.chunks.partition_point(|c| c.first_index + c.count <= from);
         let order = self.byte_order();
@@ -539,26 +575,35 @@ impl Store {
             let path = &self.segments[chunk.segment];
             let mut file = File::open(path).map_err(io_error(path))?;
             file.seek(SeekFrom::Start(chunk.payload_offset)).map_err(io_error(path))?;
-            let mut payload = vec![0u8; chunk.payload_len as usize];
-            file.read_exact(&mut payload).map_err(io_error(path))?;
             let skip = from.saturating_sub(chunk.first_index);
             let offset = if skip == 0 {
                 0
             } else {
-                record_offset(&payload, skip, order).map_err(|message| StoreError::Corrupt {
+                let payload = io::BufReader::new((&mut file).take(chunk.payload_len));
+                let offset = record_offset(payload, skip, order).map_err(|message| StoreError::Corrupt {
                     path: path.clone(),
                     offset: chunk.payload_offset,
                     message,
-                })?
+                })?;
+                file.seek(SeekFrom::Start(chunk.payload_offset + offset)).map_err(io_error(path))?;
+                offset
             };
-            out.write_all(&payload[offset..]).map_err(io_error(path))?;
+            let length = chunk.payload_len - offset;
+            let copied = io::copy(&mut (&mut file).take(length), out).map_err(io_error(path))?;
+            if copied != length {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    offset: chunk.payload_offset,
+                    message: format!("the segment ends {copied} bytes into a {length}-byte chunk"),
+                });
+            }
         }
         Ok(self.next_index)
     }
 }
 
 /// Byte offset of record `skip` inside a chunk payload.
-fn record_offset(payload: &[u8], skip: u64, order: ByteOrder) -> Result<usize, String> {
+fn record_offset(payload: impl io::BufRead, skip: u64, order: ByteOrder) -> Result<u64, String> {
     let layout = imalog_core::BinaryLayout { digest_size: 20, byte_order: order };
     let mut decoder = imalog_core::BinaryDecoder::new(payload, layout);
     let mut record = imalog_core::binary::empty_record();
@@ -569,7 +614,7 @@ fn record_offset(payload: &[u8], skip: u64, order: ByteOrder) -> Result<usize, S
             Err(error) => return Err(error.to_string()),
         }
     }
-    Ok(decoder.offset() as usize)
+    Ok(decoder.offset())
 }
 
 /// Whether the damaged frame at `offset` is the torn end of an interrupted

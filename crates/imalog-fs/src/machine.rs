@@ -37,6 +37,11 @@ impl Machine {
         Machine { config, current: RwLock::new(Arc::new(ima)), kexec: Mutex::new(1), boot_hook: Mutex::new(None) }
     }
 
+    /// Kernel instances booted so far, the first included.
+    pub fn boots(&self) -> u64 {
+        *self.kexec.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Registers a function to call after every kexec.
     pub fn on_boot(&self, hook: Box<dyn Fn() + Send>) {
         *self.boot_hook.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);

@@ -126,6 +126,9 @@ pub struct Ima {
     pub(crate) templates: Mutex<Vec<Arc<Template>>>,
 }
 
+/// One PCR value of one bank.
+pub type PcrValue = (Bank, u32, Digest);
+
 /// Saturating addition, as the kernel's size counters do.
 fn add_size(counter: &mut u64, value: u64) {
     *counter = counter.saturating_add(value);
@@ -717,6 +720,28 @@ impl Ima {
             Some(tpm) => tpm.read(bank, pcr).map(Some).map_err(|e| KernelError::Tpm(e.to_string())),
             None => Ok(None),
         }
+    }
+
+    /// Quotes `pcrs` in every bank of the TPM this kernel extends, and reads
+    /// their values, both with the list mutex held so that no extend falls
+    /// between them: the values are exactly the ones the quote covers.
+    pub fn quote_with_values(
+        &self,
+        nonce: &[u8],
+        pcrs: &[u32],
+    ) -> Result<(imalog_tpm::Quote, Vec<PcrValue>), KernelError> {
+        let mut state = self.lock();
+        let tpm = state.tpm.as_mut().ok_or_else(|| KernelError::Tpm("this kernel has no TPM to quote".into()))?;
+        let banks = tpm.banks();
+        let mut values = Vec::new();
+        for bank in &banks {
+            for pcr in pcrs {
+                values.push((*bank, *pcr, tpm.read(bank, *pcr).map_err(|e| KernelError::Tpm(e.to_string()))?));
+            }
+        }
+        let selection: Vec<(Bank, Vec<u32>)> = banks.iter().map(|b| (*b, pcrs.to_vec())).collect();
+        let quote = tpm.quote(nonce, &selection).map_err(|e| KernelError::Tpm(e.to_string()))?;
+        Ok((quote, values))
     }
 
     /// Takes the TPM out, for example to hand it to the next kernel after a

@@ -100,45 +100,87 @@ fn open_hardware_tpm_error(spec: &str) -> Outcome<(Option<Box<dyn Tpm>>, ProxyGu
     Err(Failure::Usage(format!("--tpm {spec}: expected soft, swtpm:HOST:PORT, swtpm:PATH or device:PATH")))
 }
 
-/// Quotes through tss-esapi; reads the PCR values before and after each
-/// quote, and retries when they changed in between, so that the values
-/// returned are the ones the quote covers.
+/// Quotes through tss-esapi. The kernel may extend PCR 10 at any moment, so
+/// the PCR values are read just before and just after each quote, and the
+/// set whose hash equals the quote's pcrDigest is returned with it. When
+/// neither does (an extend landed on each side of the quote), it quotes
+/// again.
 #[cfg(feature = "tss")]
 struct TssQuoter {
     tpm: std::sync::Mutex<imalog_tpm::TssTpm>,
 }
 
 #[cfg(feature = "tss")]
+type PcrValues = Vec<(imalog_core::Bank, u32, imalog_core::Digest)>;
+
+/// Attempts before `TssQuoter` gives up on a PCR that changes around every
+/// quote.
+#[cfg(feature = "tss")]
+const QUOTE_ATTEMPTS: u32 = 10;
+
+#[cfg(feature = "tss")]
+impl TssQuoter {
+    fn read(tpm: &mut imalog_tpm::TssTpm, selection: &[(imalog_core::Bank, Vec<u32>)]) -> Result<PcrValues, String> {
+        let mut values = Vec::new();
+        for (bank, pcrs) in selection {
+            for pcr in pcrs {
+                values.push((*bank, *pcr, tpm.read(bank, *pcr).map_err(|e| e.to_string())?));
+            }
+        }
+        Ok(values)
+    }
+
+    /// True when `values`, in the quote's order, hash to its pcrDigest.
+    fn covers(info: &imalog_tpm::QuoteInfo, values: &PcrValues) -> bool {
+        let algorithm = match info.pcr_digest.len() {
+            20 => imalog_core::HashAlgorithm::Sha1,
+            32 => imalog_core::HashAlgorithm::Sha256,
+            48 => imalog_core::HashAlgorithm::Sha384,
+            64 => imalog_core::HashAlgorithm::Sha512,
+            _ => return false,
+        };
+        let mut quoted = Vec::new();
+        for (bank, pcrs) in &info.pcr_selection {
+            for pcr in pcrs {
+                match values.iter().find(|(b, p, _)| b.tpm_alg_id() == bank.tpm_alg_id() && p == pcr) {
+                    Some((_, _, value)) => quoted.push(value.as_bytes()),
+                    None => return false,
+                }
+            }
+        }
+        algorithm.digest_parts(&quoted).as_bytes() == info.pcr_digest.as_slice()
+    }
+}
+
+#[cfg(feature = "tss")]
 impl imalog_collector::service::Quoter for TssQuoter {
     fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<imalog_collector::service::QuoteOutput, String> {
         let mut tpm = self.tpm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let banks = tpm.banks();
-        let selection: Vec<(imalog_core::Bank, Vec<u32>)> = banks.iter().map(|b| (*b, pcrs.to_vec())).collect();
-        let read =
-            |tpm: &mut imalog_tpm::TssTpm| -> Result<Vec<(imalog_core::Bank, u32, imalog_core::Digest)>, String> {
-                let mut values = Vec::new();
-                for bank in &banks {
-                    for pcr in pcrs {
-                        values.push((*bank, *pcr, tpm.read(bank, *pcr).map_err(|e| e.to_string())?));
-                    }
-                }
-                Ok(values)
-            };
-        for attempt in 1..=5 {
-            let before = read(&mut tpm)?;
+        let selection: Vec<(imalog_core::Bank, Vec<u32>)> = tpm.banks().iter().map(|b| (*b, pcrs.to_vec())).collect();
+        for attempt in 1..=QUOTE_ATTEMPTS {
+            let before = Self::read(&mut tpm, &selection)?;
             let quote = tpm.quote(nonce, &selection).map_err(|e| e.to_string())?;
-            let after = read(&mut tpm)?;
-            if before == after {
+            let info = quote.info().map_err(|e| e.to_string())?;
+            let covered = if Self::covers(&info, &before) {
+                Some(before)
+            } else {
+                let after = Self::read(&mut tpm, &selection)?;
+                Self::covers(&info, &after).then_some(after)
+            };
+            if let Some(values) = covered {
                 return Ok(imalog_collector::service::QuoteOutput {
                     attest: quote.attest,
                     signature: quote.signature,
                     ak_public: quote.ak_public,
-                    pcrs: after,
+                    pcrs: values,
                 });
             }
-            tracing::debug!(attempt, "PCRs changed during the quote; quoting again");
+            tracing::debug!(attempt, "PCRs changed on both sides of the quote; quoting again");
         }
-        Err("PCRs kept changing during five quotes; measurements are too frequent to pin a quote".into())
+        Err(format!(
+            "the quoted PCRs changed on both sides of each of {QUOTE_ATTEMPTS} quotes; measurements are too frequent \
+             to pin a quote, try again"
+        ))
     }
 }
 

@@ -22,7 +22,7 @@ pub fn run(args: &CollectArgs) -> Outcome {
             Capability::Staging => Flavor::Staged,
             Capability::DeleteOnly | Capability::ReadOnly => {
                 tracing::info!(
-                    securityfs = %fs.dir().display(),
+                    securityfs = %fs.describe(),
                     "this kernel has no _staged files (before 7.2, or built without CONFIG_IMA_STAGING); copying records read-only"
                 );
                 Flavor::ReadOnly
@@ -31,7 +31,7 @@ pub fn run(args: &CollectArgs) -> Outcome {
     };
     let store = Store::open(&args.store).map_err(|e| Failure::Usage(format!("store: {e}")))?;
     tracing::info!(
-        securityfs = %fs.dir().display(),
+        securityfs = %fs.describe(),
         store = %args.store.display(),
         %flavor,
         ?capability,
