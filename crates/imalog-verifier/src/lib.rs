@@ -1,6 +1,20 @@
-//! imalog-verifier: attests IMA histories against TPM quotes.
+//! imalog-verifier: attests IMA histories against TPM quotes, with state the
+//! verifier keeps itself.
+//!
+//! - [`attest::Verifier`] checks a quote against the trusted attestation key
+//!   and the stored state (nonce, resetCount, restartCount, clock), then
+//!   replays the new records and certifies the prefix that reproduces the
+//!   quoted PCRs.
+//! - [`state`] keeps per-machine state in SQLite, with migrations.
+//! - [`policy`] checks certified records against a runtime policy,
+//!   Keylime's JSON included.
+//! - [`client`] and [`online`] fetch quotes and history from a collector.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attest;
+pub mod client;
+pub mod online;
 pub mod policy;
+pub mod state;

@@ -82,6 +82,19 @@ pub enum PolicyFailure {
     },
 }
 
+impl PolicyFailure {
+    /// The absolute index of the record that failed.
+    pub fn index(&self) -> u64 {
+        match self {
+            PolicyFailure::UnknownPath { index, .. }
+            | PolicyFailure::DigestNotAllowed { index, .. }
+            | PolicyFailure::KeyNotAllowed { index, .. }
+            | PolicyFailure::Violation { index, .. }
+            | PolicyFailure::Unreadable { index, .. } => *index,
+        }
+    }
+}
+
 impl std::fmt::Display for PolicyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -294,9 +307,6 @@ mod tests {
     fn invalid_policy_is_an_error() {
         assert!(matches!(Policy::from_keylime_json("{"), Err(PolicyError::Json(_))));
         assert!(matches!(Policy::from_keylime_json(r#"{"excludes":["("]}"#), Err(PolicyError::Pattern(_))));
-        assert!(matches!(
-            Policy::from_keylime_json(r#"{"digests":{"/a":["zz"]}}"#),
-            Err(PolicyError::Digest { .. })
-        ));
+        assert!(matches!(Policy::from_keylime_json(r#"{"digests":{"/a":["zz"]}}"#), Err(PolicyError::Digest { .. })));
     }
 }

@@ -38,6 +38,12 @@ pub enum Command {
     Kexec(KexecArgs),
     /// Keep every record since boot while the kernel exports and deletes them.
     Collect(CollectArgs),
+    /// Attest a machine through its collector, or check one offline bundle.
+    Verify(VerifyArgs),
+    /// Run the whole system on this machine: kernel model, collector, verifier.
+    Demo(DemoArgs),
+    /// Write the records a collector stored, as a binary list.
+    History(HistoryArgs),
 }
 
 /// Options that describe the input list; detection fills in what is not given.
@@ -365,10 +371,123 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(invalid()),
     };
-    if !seconds.is_finite() || seconds <= 0.0 {
+    if !seconds.is_finite() {
         return Err(invalid());
     }
+    if seconds <= 0.0 {
+        return Err(format!("invalid duration '{text}': it must be greater than zero"));
+    }
     Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// `imalog verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Base URL of the machine's collector, such as http://127.0.0.1:7340.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["records", "quote"])]
+    pub collector: Option<String>,
+
+    /// The trusted attestation key: its TPM2B_PUBLIC, binary or hex,
+    /// enrolled out of band (never taken from the machine at attestation).
+    #[arg(long, value_name = "FILE")]
+    pub ak: PathBuf,
+
+    /// SQLite database of the verifier's per-machine state; created if
+    /// missing [default: in memory, for one run].
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Runtime policy, Keylime's runtime-policy JSON.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Time between attestation rounds.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Name the machine has in the state database [default: the collector URL].
+    #[arg(long, value_name = "NAME")]
+    pub machine: Option<String>,
+
+    /// Run one round and exit with its verdict.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Rounds without newly certified records tolerated while records wait.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub stall_limit: u32,
+
+    /// Offline: the history (SHA-1 binary list, from index 0).
+    #[arg(long, value_name = "FILE", requires = "quote")]
+    pub records: Option<PathBuf>,
+
+    /// Offline: the quote, as JSON from the collector's /v1/quote.
+    #[arg(long, value_name = "FILE", requires = "records")]
+    pub quote: Option<PathBuf>,
+
+    /// Offline: the nonce the quote must carry, in hex.
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
+}
+
+/// `imalog demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Attestation rounds to run.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub rounds: u32,
+
+    /// Time between rounds.
+    #[arg(long, default_value = "500ms", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// New files measured per round (changed files are measured again on top).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub files_per_round: usize,
+
+    /// Folders whose executables and libraries are measured [default:
+    /// /usr/bin, /usr/sbin, /usr/lib].
+    #[arg(long, value_name = "DIR")]
+    pub workload: Vec<PathBuf>,
+
+    /// Folder for the record store and the verifier state [default: a new
+    /// folder under the system's temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Runtime policy for the verifier, Keylime's runtime-policy JSON.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Soft-reboot the kernel model every N rounds, to show that the
+    /// history survives kexec.
+    #[arg(long, value_name = "N")]
+    pub kexec_every: Option<u32>,
+
+    /// Run over FUSE: mount the kernel model here, with `imalog emulate`,
+    /// `imalog collect` and the verifier as separate processes.
+    #[arg(long, value_name = "DIR", requires = "tpm")]
+    pub mount: Option<PathBuf>,
+
+    /// With --mount: the TPM, `swtpm:HOST:PORT` (a build with the tss feature).
+    #[arg(long, value_name = "TPM", requires = "mount")]
+    pub tpm: Option<String>,
+}
+
+/// `imalog history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The collector's store folder (`imalog collect --store`, or `store`
+    /// inside the `imalog demo --dir` folder).
+    pub store: PathBuf,
+
+    /// First absolute record index to write.
+    #[arg(long, default_value_t = 0, value_name = "INDEX")]
+    pub from: u64,
+
+    /// Output file; `-` writes standard output.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
 }
 
 /// `imalog kexec`.

@@ -8,6 +8,7 @@
 
 mod cli;
 mod commands;
+mod inprocess;
 mod input;
 mod outcome;
 mod progress;
@@ -33,7 +34,11 @@ fn main() -> ExitCode {
     };
     // Services log their starts, stops and decisions; one-shot commands
     // print only warnings unless asked.
-    let default_level = if matches!(cli.command, Command::Emulate(_) | Command::Collect(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Emulate(_) | Command::Collect(_) | Command::Verify(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     init_tracing(default_level);
 
     let progress = !cli.no_progress;
@@ -46,6 +51,9 @@ fn main() -> ExitCode {
         Command::Measure(args) => commands::control::measure(args),
         Command::Kexec(args) => commands::control::kexec(args),
         Command::Collect(args) => commands::collect::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::History(args) => commands::history::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

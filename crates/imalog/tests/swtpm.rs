@@ -11,6 +11,9 @@
 
 #![cfg(feature = "tss")]
 
+#[path = "common/collector.rs"]
+#[allow(dead_code)]
+mod collector;
 mod common;
 #[path = "common/mount.rs"]
 #[allow(dead_code)]
@@ -23,13 +26,12 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use collector::{pcrread, swtpm_argument};
 use common::{arg, record_offsets};
 use imalog_core::HashAlgorithm;
 use imalog_tpm::testing::Swtpm;
 use imalog_tpm::QuoteInfo;
 use mount::{find_tool, fuse_available, Emulator};
-
-const BANKS: [&str; 4] = ["sha1", "sha256", "sha384", "sha512"];
 
 /// Starts swtpm and an emulator that extends it; returns both and the
 /// proxy's TCTI string from the emulator's output.
@@ -43,11 +45,7 @@ fn start() -> Option<(Swtpm, Emulator, String)> {
         }
     }
     let swtpm = Swtpm::start_for_test()?;
-    let address = match swtpm.server_endpoint() {
-        imalog_tpm::proxy::Endpoint::Tcp(address) => address,
-        other => panic!("swtpm listens on {other:?}, expected TCP"),
-    };
-    let tpm = format!("swtpm:{address}");
+    let tpm = swtpm_argument(&swtpm);
     let emulator = Emulator::start(&["--tpm", &tpm, "--tpm-proxy", "127.0.0.1:0"]);
     let tcti = emulator
         .log()
@@ -57,19 +55,6 @@ fn start() -> Option<(Swtpm, Emulator, String)> {
         })
         .unwrap_or_else(|| panic!("the emulator did not print its TPM proxy:\n{}", emulator.log()));
     Some((swtpm, emulator, tcti))
-}
-
-/// Reads PCR 10 of every bank with `tpm2_pcrread` through the proxy.
-fn pcrread(tcti: &str) -> Vec<(String, String)> {
-    let selection = BANKS.iter().map(|b| format!("{b}:10")).collect::<Vec<_>>().join("+");
-    let output = Command::new("tpm2_pcrread")
-        .arg(selection)
-        .env("TPM2TOOLS_TCTI", tcti)
-        .output()
-        .expect("failed to start tpm2_pcrread");
-    assert!(output.status.success(), "tpm2_pcrread: {}", String::from_utf8_lossy(&output.stderr));
-    let values = imalog_core::parse_pcr_yaml(&String::from_utf8_lossy(&output.stdout)).expect("tpm2_pcrread YAML");
-    values.iter().map(|v| (v.bank.to_string(), v.value.to_hex())).collect()
 }
 
 fn write_evmctl_pcrs(path: &Path, pcr10: &str) {
@@ -167,9 +152,19 @@ fn evmctl_agrees_with_swtpm_across_export_and_kexec() {
     assert_agrees_with_tpm(&emulator, &tcti, &history, "after kexec");
 }
 
+/// A child process killed when dropped, also when a test panics.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `imalog collect` with quotes from `tcti`; returns the child and
 /// the HTTP address it reports.
-fn start_collector(emulator: &Emulator, tcti: &str) -> (Child, String) {
+fn start_collector(emulator: &Emulator, tcti: &str) -> (KillOnDrop, String) {
     let log = emulator.scratch("collect.log");
     let output = fs::File::create(&log).expect("collector log");
     let child = Command::new(env!("CARGO_BIN_EXE_imalog"))
@@ -182,6 +177,7 @@ fn start_collector(emulator: &Emulator, tcti: &str) -> (Child, String) {
         .stderr(output)
         .spawn()
         .expect("failed to start imalog collect");
+    let child = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
@@ -210,7 +206,7 @@ fn http_get(address: &str, target: &str) -> (u16, Vec<u8>) {
 #[test]
 fn collector_quotes_while_emulator_extends() {
     let Some((_swtpm, emulator, tcti)) = start() else { return };
-    let (mut collector, address) = start_collector(&emulator, &tcti);
+    let (collector, address) = start_collector(&emulator, &tcti);
 
     // Measure from another thread while quoting.
     let control = emulator.control();
@@ -263,8 +259,7 @@ fn collector_quotes_while_emulator_extends() {
     for (bank, value) in &tpm {
         assert_eq!(common::json_pcr10(&report, bank), *value, "collected history in {bank}");
     }
-    let _ = collector.kill();
-    let _ = collector.wait();
+    drop(collector);
 }
 
 /// Decodes an HTTP chunked body.
@@ -280,4 +275,75 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&body[..size]);
         body = &body[size + 2..];
     }
+}
+
+/// `imalog demo --mount --tpm swtpm:...`: emulate, collect and the verifier
+/// as separate processes over FUSE and swtpm, with a kexec in the middle.
+#[test]
+fn demo_runs_as_separate_processes_over_fuse_and_swtpm() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(swtpm) = Swtpm::start_for_test() else { return };
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let workload = temp.path().join("workload");
+    fs::create_dir(&workload).expect("mkdir");
+    for i in 0..12 {
+        let file = workload.join(format!("file{i:02}"));
+        fs::write(&file, format!("#!/bin/sh\necho {i}\n")).expect("write");
+        fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let mount = temp.path().join("mnt");
+    fs::create_dir(&mount).expect("mkdir");
+    let dir = temp.path().join("demo");
+    let tpm = swtpm_argument(&swtpm);
+    let run = common::imalog([
+        "demo",
+        "--mount",
+        arg(&mount),
+        "--tpm",
+        &tpm,
+        "--workload",
+        arg(&workload),
+        "--dir",
+        arg(&dir),
+        "--rounds",
+        "4",
+        "--files-per-round",
+        "4",
+        "--interval",
+        "300ms",
+        "--kexec-every",
+        "2",
+    ]);
+    let logs = ["emulate.log", "collect.log"]
+        .map(|name| format!("--- {name}\n{}", fs::read_to_string(dir.join(name)).unwrap_or_default()))
+        .join("\n");
+    assert_eq!(run.code, 0, "stdout: {}\nstderr: {}\n{logs}", run.stdout_text(), run.stderr);
+    let stdout = run.stdout_text();
+    let rounds: Vec<&str> = stdout.lines().filter(|l| l.starts_with("round ")).collect();
+    assert_eq!(rounds.len(), 4, "{stdout}");
+    assert!(rounds.iter().all(|l| l.contains(": attestation ok, verified up to ")), "{stdout}");
+    // Twelve files, one boot_aggregate, and kexec_load, kexec_execute and a
+    // new boot_aggregate for each of the two kexecs. The collector may
+    // still have records pending when the last quote is taken, so the last
+    // round certifies at most 19.
+    let last = rounds[3];
+    let verified: u64 = last
+        .split("verified up to ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {last}"));
+    assert!((13..=19).contains(&verified), "{stdout}");
+    assert!(stdout.contains("demo: 4 rounds over FUSE and swtpm, 4 passed, 0 failed"), "{stdout}");
+    // Every record reached the store, in order.
+    let history = common::imalog(["history", arg(&dir.join("store")), "-o", "-"]);
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    let shown = common::imalog_with_stdin(["show", "-"], &history.stdout);
+    let names: Vec<String> =
+        shown.stdout_text().lines().map(|l| l.split(' ').nth(4).unwrap_or_default().to_string()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with(arg(&workload))).count(), 12, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "boot_aggregate").count(), 3, "{names:?}");
+    assert_eq!(names.len(), 19, "{names:?}");
 }

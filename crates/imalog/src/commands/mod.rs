@@ -4,10 +4,14 @@
 pub mod collect;
 pub mod control;
 pub mod convert;
+pub mod demo;
+pub mod demo_processes;
 pub mod emulate;
 pub mod generate;
+pub mod history;
 pub mod replay;
 pub mod show;
+pub mod verify;
 
 use imalog_core::{DecodeError, ListFormat, Record};
 

@@ -1,0 +1,41 @@
+//! `imalog history`: the records a collector stored, read from its store
+//! folder while no collector has it open.
+
+use std::io::Write;
+
+use imalog_collector::Store;
+
+use crate::cli::HistoryArgs;
+use crate::input::open_output;
+use crate::outcome::{Failure, Outcome};
+
+/// Runs `imalog history`.
+pub fn run(args: &HistoryArgs) -> Outcome {
+    let epochs = args.store.join("epochs");
+    if !epochs.is_dir() {
+        return Err(Failure::Usage(format!(
+            "{}: not an imalog store (expected an `epochs` folder inside it)",
+            args.store.display()
+        )));
+    }
+    let store = Store::open(&args.store).map_err(|e| Failure::Usage(e.to_string()))?;
+    if args.from > store.next_index() {
+        return Err(Failure::Usage(format!(
+            "--from {}: the store holds records 0 to {} of epoch {}",
+            args.from,
+            store.next_index().saturating_sub(1),
+            store.epoch()
+        )));
+    }
+    let (output_name, mut output) = open_output(&args.output)?;
+    let end = store.write_records(args.from, &mut output).map_err(|e| Failure::Usage(e.to_string()))?;
+    output.flush().map_err(|e| Failure::write(e, &output_name))?;
+    eprintln!(
+        "imalog: wrote records {} to {} of epoch {} ({} byte order) to {output_name}",
+        args.from,
+        end.saturating_sub(1),
+        store.epoch(),
+        store.byte_order()
+    );
+    Ok(())
+}
