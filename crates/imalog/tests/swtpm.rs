@@ -347,3 +347,103 @@ fn demo_runs_as_separate_processes_over_fuse_and_swtpm() {
     assert_eq!(names.iter().filter(|n| *n == "boot_aggregate").count(), 3, "{names:?}");
     assert_eq!(names.len(), 19, "{names:?}");
 }
+
+/// `imalog verify` against a collector that quotes swtpm: online rounds
+/// that continue from the verifier's SQLite state, and an offline bundle
+/// that passes as fetched and fails with another nonce, a changed record or
+/// another attestation key.
+#[test]
+fn verify_attests_online_and_offline() {
+    let Some((_swtpm, emulator, tcti)) = start() else { return };
+    let (_collector, address) = start_collector(&emulator, &tcti);
+    for index in 0..5 {
+        emulator.measure_new_file(&format!("first-{index}"), format!("first {index}").as_bytes());
+    }
+
+    // Enrol the attestation key out of band.
+    let (status, body) = http_get(&address, "/v1/quote?nonce=00&pcrs=10");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("quote JSON");
+    let ak = emulator.scratch("ak.hex");
+    fs::write(&ak, json["ak_public"].as_str().expect("ak_public")).expect("write the key");
+
+    // Online: the first round certifies from index 0, the next one continues.
+    thread::sleep(Duration::from_millis(500));
+    let state = emulator.scratch("verifier.db");
+    let url = format!("http://{address}");
+    let online = ["verify", "--collector", &url, "--ak", arg(&ak), "--state", arg(&state), "--machine", "m1", "--once"];
+    let first = common::imalog(online);
+    assert_eq!(first.code, 0, "stdout: {}\nstderr: {}", first.stdout_text(), first.stderr);
+    // boot_aggregate and five files.
+    assert!(
+        first.stdout_text().starts_with("m1: passed: records 0 to 5 certified, 0 pending"),
+        "{}",
+        first.stdout_text()
+    );
+    for index in 0..3 {
+        emulator.measure_new_file(&format!("second-{index}"), format!("second {index}").as_bytes());
+    }
+    thread::sleep(Duration::from_millis(500));
+    let second = common::imalog(online);
+    assert_eq!(second.code, 0, "stdout: {}\nstderr: {}", second.stdout_text(), second.stderr);
+    assert!(
+        second.stdout_text().starts_with("m1: passed: records 6 to 8 certified, 0 pending"),
+        "{}",
+        second.stdout_text()
+    );
+
+    // Offline: a quote with a nonce, then the history from index 0.
+    let nonce = "0123456789abcdef0123456789abcdef01234567";
+    let (status, quote) = http_get(&address, &format!("/v1/quote?nonce={nonce}&pcrs=10"));
+    assert_eq!(status, 200);
+    let quote_file = emulator.scratch("quote.json");
+    fs::write(&quote_file, &quote).expect("write quote");
+    let (status, history) = http_get(&address, "/v1/records?from=0");
+    assert_eq!(status, 200);
+    let history = dechunk(&history);
+    let records = emulator.scratch("history.bin");
+    fs::write(&records, &history).expect("write history");
+    let offline = |records: &Path, ak: &Path, nonce: &str| {
+        common::imalog([
+            "verify",
+            "--records",
+            arg(records),
+            "--quote",
+            arg(&quote_file),
+            "--ak",
+            arg(ak),
+            "--nonce",
+            nonce,
+        ])
+    };
+    let bundle = offline(&records, &ak, nonce);
+    assert_eq!(bundle.code, 0, "{}", bundle.stderr);
+    assert!(
+        bundle.stdout_text().starts_with("verified: records 0 to 8 certified, reproducing the quote"),
+        "{}",
+        bundle.stdout_text()
+    );
+
+    let stale = offline(&records, &ak, "00");
+    assert_eq!(stale.code, 1);
+    assert!(stale.stderr.contains("quote nonce is 0123456789abcdef"), "{}", stale.stderr);
+
+    // Change the last byte of the last record's file name.
+    let mut changed = history.clone();
+    let name = b"second-2";
+    let at = changed.windows(name.len()).rposition(|w| w == name).expect("last file name in the history");
+    changed[at + name.len() - 1] = b'9';
+    let changed_file = emulator.scratch("changed.bin");
+    fs::write(&changed_file, &changed).expect("write changed history");
+    let tampered = offline(&changed_file, &ak, nonce);
+    assert_eq!(tampered.code, 1);
+    assert!(tampered.stderr.contains("record 8 at offset"), "{}", tampered.stderr);
+    assert!(tampered.stderr.contains("template digest"), "{}", tampered.stderr);
+
+    let mut other = imalog_tpm::SoftTpm::with_default_banks();
+    let other_ak = emulator.scratch("other-ak.hex");
+    fs::write(&other_ak, imalog_core::hex::encode(&other.ak_public().expect("software key"))).expect("write key");
+    let impostor = offline(&records, &other_ak, nonce);
+    assert_eq!(impostor.code, 1);
+    assert!(impostor.stderr.contains("quote rejected"), "{}", impostor.stderr);
+}

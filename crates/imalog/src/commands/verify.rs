@@ -59,9 +59,8 @@ pub fn run(args: &VerifyArgs) -> Outcome {
         match attest_once(&verifier, store.as_mut(), &client, &machine) {
             Ok(Verdict::Passed(result)) => {
                 println!(
-                    "{machine}: passed: records {} to {} certified, {} pending{}",
-                    result.certified_from,
-                    result.certified_to,
+                    "{machine}: passed: {}, {} pending{}",
+                    certified(result.certified_from, result.certified_to),
                     result.pending,
                     if result.rebooted { " (rebooted)" } else { "" }
                 );
@@ -119,8 +118,20 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
         .replay_round(&start, &info, &material, file, ByteOrder::Little, rebooted)
         .map_err(|e| Failure::Verification(format!("{}: {e}", records.display())))?;
     println!(
-        "verified: records {} to {} reproduce the quote (resetCount {}, clock {} ms); {} later records are not covered",
-        result.certified_from, result.certified_to, info.reset_count, info.clock, result.pending
+        "verified: {}, reproducing the quote (resetCount {}, clock {} ms); {} later records are not covered",
+        certified(result.certified_from, result.certified_to),
+        info.reset_count,
+        info.clock,
+        result.pending
     );
     Ok(())
+}
+
+/// Describes the records certified in one round, `to` being exclusive.
+fn certified(from: u64, to: u64) -> String {
+    match to.saturating_sub(from) {
+        0 => format!("no new record certified (next index {from})"),
+        1 => format!("record {from} certified"),
+        _ => format!("records {from} to {} certified", to - 1),
+    }
 }
