@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 pub enum Point {
     /// `A` succeeded, nothing read yet.
     AfterStage,
-    /// Half of the list read.
+    /// The list was read whole; nothing is stored yet.
     DuringRead,
     /// The chunk is stored as pending, not yet deleted in the kernel.
     AfterStore,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imalog_core::{Bank, ByteOrder};
 
-/// imalog: read, convert and replay Linux IMA measurement lists.
+/// imalog: Linux IMA measurement lists, the 7.2 export and delete interfaces, collection and attestation.
 #[derive(Debug, Parser)]
 #[command(name = "imalog", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
@@ -341,8 +341,8 @@ pub struct CollectArgs {
     pub listen: String,
 
     /// TPM to quote for /v1/quote: `swtpm:HOST:PORT`, `swtpm:PATH` or
-    /// `device:PATH` (needs a build with the `tss` feature). Without it the
-    /// quote endpoint answers 400.
+    /// `device:PATH` (needs a build with the `tss` feature). Without it,
+    /// /v1/quote returns 503 with an error message.
     #[arg(long, value_name = "TPM")]
     pub tpm: Option<String>,
 
@@ -478,7 +478,8 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// The collector's store folder (`imalog collect --store`, or `store`
-    /// inside the `imalog demo --dir` folder).
+    /// inside the `imalog demo --dir` folder). Opening it takes the store
+    /// lock and, as the collector does, cuts off a torn last frame.
     pub store: PathBuf,
 
     /// First absolute record index to write.

@@ -125,7 +125,8 @@ fn open_tpm(args: &EmulateArgs) -> Outcome<(Option<Box<dyn Tpm>>, ProxyGuard)> {
     crate::tpm::open_hardware_tpm(&args.tpm, &args.tpm_proxy)
 }
 
-/// Boots the kernel from a logged list, streaming its records into it.
+/// Boots the kernel from a logged list. The records are decoded into memory
+/// first, so that a malformed list fails before the kernel starts.
 fn boot_from_log(
     args: &EmulateArgs,
     path: &std::path::Path,
