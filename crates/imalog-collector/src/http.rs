@@ -177,7 +177,16 @@ fn serve(stream: TcpStream, collector: &Collector) -> io::Result<()> {
         }
         "/v1/status" => {
             let (epoch, next_index, flavor) = collector.status();
-            respond_json(&mut out, 200, &json!({"epoch": epoch, "stored": next_index, "flavor": flavor.to_string()}))
+            respond_json(
+                &mut out,
+                200,
+                &json!({
+                    "epoch": epoch,
+                    "stored": next_index,
+                    "flavor": flavor.to_string(),
+                    "byte_order": collector.byte_order().to_string(),
+                }),
+            )
         }
         _ => respond_json(&mut out, 404, &json!({"error": format!("no resource {path}")})),
     }
@@ -247,6 +256,7 @@ impl Write for Chunked<'_> {
 
 fn records(out: &mut TcpStream, collector: &Collector, from: u64, format: HistoryFormat) -> io::Result<()> {
     let (epoch, _, _) = collector.status();
+    let byte_order = collector.byte_order();
     let content_type = match format {
         HistoryFormat::Binary => "application/octet-stream",
         HistoryFormat::Ascii => "text/plain; charset=utf-8",
@@ -254,7 +264,7 @@ fn records(out: &mut TcpStream, collector: &Collector, from: u64, format: Histor
     write!(
         out,
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nX-Imalog-Epoch: {epoch}\r\n\
-         X-Imalog-From: {from}\r\nConnection: close\r\n\r\n"
+         X-Imalog-From: {from}\r\nX-Imalog-Byte-Order: {byte_order}\r\nConnection: close\r\n\r\n"
     )?;
     let mut chunked = Chunked { out, buffer: Vec::with_capacity(64 * 1024) };
     match collector.write_history(from, format, &mut chunked) {

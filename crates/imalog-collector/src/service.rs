@@ -88,6 +88,12 @@ impl Collector {
         (exporter.store().epoch(), exporter.store().next_index(), exporter.flavor())
     }
 
+    /// The byte order of the stored records: the kernel's, as it wrote
+    /// its binary lists.
+    pub fn byte_order(&self) -> imalog_core::ByteOrder {
+        self.exporter().store().byte_order()
+    }
+
     /// Streams the history from absolute index `from` to `out`. Returns the
     /// absolute index after the last record written.
     pub fn write_history(&self, from: u64, format: HistoryFormat, out: &mut impl Write) -> Result<u64, ServeError> {

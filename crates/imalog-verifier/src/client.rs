@@ -5,7 +5,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use imalog_core::{Bank, Digest};
+use imalog_core::{Bank, ByteOrder, Digest};
 
 use crate::attest::QuoteMaterial;
 
@@ -62,6 +62,15 @@ impl Body {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The byte order of the records (`x-imalog-byte-order`); little-endian
+    /// when the collector does not say.
+    pub fn byte_order(&self) -> Result<ByteOrder, String> {
+        match self.header("x-imalog-byte-order") {
+            None => Ok(ByteOrder::Little),
+            Some(text) => text.parse().map_err(|_| format!("x-imalog-byte-order {text:?}: expected le or be")),
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //!   replays the new records and certifies the prefix that reproduces the
 //!   quoted PCRs.
 //! - [`state`] keeps per-machine state in SQLite, with migrations.
+//! - `postgres` (cargo feature `postgres`) keeps the same state in
+//!   PostgreSQL, for verifiers on several hosts that share it.
 //! - [`policy`] checks certified records against a runtime policy,
 //!   Keylime's JSON included.
 //! - [`client`] and [`online`] fetch quotes and history from a collector.
@@ -17,4 +19,6 @@ pub mod attest;
 pub mod client;
 pub mod online;
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod state;

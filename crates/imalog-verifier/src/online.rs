@@ -3,8 +3,6 @@
 
 use std::io::Read;
 
-use imalog_core::ByteOrder;
-
 use crate::attest::{Rejection, RoundResult, Verifier};
 use crate::client::{ClientError, CollectorClient};
 use crate::state::{MachineState, StateError, StateStore, VerdictRecord};
@@ -45,21 +43,31 @@ pub fn nonce() -> Result<[u8; 20], RoundError> {
 
 /// Runs one round for `machine` and records its verdict in `store`. A
 /// failed round keeps the previous state, so the next round checks the same
-/// records again.
+/// records again. When another verifier saved the machine during the round,
+/// the round saves nothing and fails with [`StateError::Conflict`] in
+/// [`RoundError::State`]. The next round then starts from that verifier's
+/// state.
 pub fn attest_once(
     verifier: &Verifier,
     store: &mut dyn StateStore,
     client: &CollectorClient,
     machine: &str,
 ) -> Result<Verdict, RoundError> {
-    let state = store.load(machine)?.unwrap_or_else(|| MachineState::new(machine));
+    let loaded = store.load(machine)?;
+    let state = loaded.clone().unwrap_or_else(|| MachineState::new(machine));
     let nonce = nonce()?;
     let quote = client.quote(&nonce, &QUOTED_PCRS)?;
     let verdict = match verifier.check_quote(&state, &nonce, &quote) {
         Err(rejection) => Verdict::Failed(rejection),
         Ok((info, start, rebooted)) => {
             let body = client.records(start.replay.next_index)?;
-            match verifier.replay_round(&start, &info, &quote, body, ByteOrder::Little, rebooted) {
+            let byte_order = match body.byte_order() {
+                Ok(order) => order,
+                Err(message) => {
+                    return Err(RoundError::Client(ClientError::Invalid { url: client.url().to_string(), message }))
+                }
+            };
+            match verifier.replay_round(&start, &info, &quote, body, byte_order, rebooted) {
                 Ok(result) => Verdict::Passed(result),
                 Err(rejection) => Verdict::Failed(rejection),
             }
@@ -74,7 +82,8 @@ pub fn attest_once(
                 result.pending,
                 if result.rebooted { "; the machine rebooted" } else { "" }
             );
-            store.save(
+            store.save_if_unchanged(
+                loaded.as_ref(),
                 &result.state,
                 &VerdictRecord {
                     machine: machine.to_string(),
@@ -102,6 +111,6 @@ pub fn attest_once(
         },
     };
     tracing::warn!(machine, reason = %record.message, "attestation failed");
-    store.save(&state, &record)?;
+    store.save_if_unchanged(loaded.as_ref(), &state, &record)?;
     Ok(verdict)
 }

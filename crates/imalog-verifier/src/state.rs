@@ -7,7 +7,9 @@
 //! many rounds in a row certified nothing new.
 //!
 //! The default store is SQLite, with its schema version in `PRAGMA
-//! user_version` and migrations applied in order on open.
+//! user_version` and migrations applied in order on open. With the cargo
+//! feature `postgres`, `crate::postgres::PostgresStore` keeps the same state
+//! in PostgreSQL for verifiers that share it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -79,6 +81,24 @@ pub enum StateError {
         /// Latest version known.
         known: i64,
     },
+    /// Another verifier saved the machine's state after this round loaded
+    /// it, so this round's state and verdict were not saved.
+    #[error(
+        "state database: machine {machine}: another verifier changed the stored state after this round loaded it, \
+         so this round saved nothing and must run again (loaded [{loaded}], stored now [{stored}])"
+    )]
+    Conflict {
+        /// Machine.
+        machine: String,
+        /// The state the round started from.
+        loaded: String,
+        /// The state stored when the round tried to save.
+        stored: String,
+    },
+    /// PostgreSQL failed: the connection, a query or the transaction.
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL state database: {}", crate::postgres::describe_error(.0))]
+    Postgres(#[from] ::postgres::Error),
 }
 
 /// Where machine states are kept.
@@ -87,6 +107,26 @@ pub trait StateStore {
     fn load(&mut self, machine: &str) -> Result<Option<MachineState>, StateError>;
     /// Saves a machine's state and the round's verdict in one transaction.
     fn save(&mut self, state: &MachineState, verdict: &VerdictRecord) -> Result<(), StateError>;
+
+    /// Saves as [`StateStore::save`] does, unless the stored state of the
+    /// machine is no longer `loaded`, the value [`StateStore::load`] returned
+    /// when the round started. Then it saves nothing and returns
+    /// [`StateError::Conflict`], so that a round another verifier overtook
+    /// runs again from a fresh load.
+    ///
+    /// The default implementation saves without the check.
+    /// NOTE: `SqliteStore` uses that default, so two verifier processes that
+    /// share one SQLite file overwrite each other's rounds (last writer
+    /// wins). `PostgresStore` implements the check.
+    fn save_if_unchanged(
+        &mut self,
+        loaded: Option<&MachineState>,
+        state: &MachineState,
+        verdict: &VerdictRecord,
+    ) -> Result<(), StateError> {
+        let _ = loaded;
+        self.save(state, verdict)
+    }
 }
 
 /// Schema migrations, applied in order; the index + 1 is the version.

@@ -75,7 +75,7 @@ impl TestMachine {
 
     fn log(&mut self, record: Record) {
         let mut bytes = Vec::new();
-        imalog_core::binary::encode_record(&record, &record.bank_digest(&Bank::SHA1), ByteOrder::Little, &mut bytes);
+        imalog_core::binary::encode_record(&record, &record.bank_digest(&Bank::SHA1), record.byte_order, &mut bytes);
         self.records.push(bytes);
         self.decoded.push(record);
     }
@@ -524,4 +524,28 @@ fn state_survives_a_restart_of_the_verifier() {
     machine.measure(3);
     let next = passing_round(&mut machine, &verifier, &loaded, 33..36);
     assert_eq!(next.certified_to, 36);
+}
+
+#[test]
+fn big_endian_history_verifies_in_its_order() {
+    let tpm = SoftTpm::with_attestation_key(&BANKS, AkAlgorithm::EccP256, b"rounds test key").expect("key");
+    let mut machine = TestMachine::with_generator(tpm, SynthOptions { byte_order: ByteOrder::Big, ..options(16) });
+    let verifier = verifier(&mut machine);
+    machine.measure(25);
+    let nonce = machine.fresh_nonce();
+    let quote = machine.quote(&nonce);
+    let records = machine.chunk(0..25);
+    let fresh = MachineState::new(MACHINE);
+    let (info, start, rebooted) = verifier.check_quote(&fresh, &nonce, &quote).expect("quote");
+
+    let result = verifier
+        .replay_round(&start, &info, &quote, records.as_slice(), ByteOrder::Big, rebooted)
+        .expect("big-endian history");
+    assert_eq!(result.certified_to, 25);
+
+    // Read in the wrong order, the first PCR index is 0x0a000000.
+    match verifier.replay_round(&start, &info, &quote, records.as_slice(), ByteOrder::Little, rebooted) {
+        Err(Rejection::Records(message)) => assert!(message.contains("history record 0"), "{message}"),
+        other => panic!("expected a Records rejection, got {other:?}"),
+    }
 }

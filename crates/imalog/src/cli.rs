@@ -392,9 +392,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub ak: PathBuf,
 
-    /// SQLite database of the verifier's per-machine state; created if
-    /// missing [default: in memory, for one run].
-    #[arg(long, value_name = "FILE")]
+    /// The verifier's per-machine state: a SQLite database file, created if
+    /// missing, or a postgres:// or postgresql:// URL for state that several
+    /// verifiers share [default: SQLite in memory, for one run].
+    ///
+    /// A URL needs a build with --features postgres. It connects without
+    /// TLS, so point it at a Unix socket, at loopback or at a local TLS proxy.
+    #[arg(long, value_name = "FILE|URL")]
     pub state: Option<PathBuf>,
 
     /// Runtime policy, Keylime's runtime-policy JSON.
@@ -428,6 +432,16 @@ pub struct VerifyArgs {
     /// Offline: the nonce the quote must carry, in hex.
     #[arg(long, value_name = "HEX")]
     pub nonce: Option<String>,
+
+    /// Offline: byte order of the records [default: detected from the first
+    /// record's PCR index; `/v1/status` of the collector reports it too].
+    #[arg(long, value_name = "le|be", value_parser = parse_byte_order, requires = "records")]
+    pub records_endian: Option<ByteOrder>,
+
+    /// Violations (records with an all-zero template digest) pass the
+    /// runtime policy; by default they fail unless their path is excluded.
+    #[arg(long, requires = "policy")]
+    pub accept_violations: bool,
 }
 
 /// `imalog demo`.

@@ -10,7 +10,7 @@ use imalog_core::ByteOrder;
 use imalog_verifier::attest::Verifier;
 use imalog_verifier::client::{quote_from_json, CollectorClient};
 use imalog_verifier::online::{attest_once, Verdict};
-use imalog_verifier::state::{MachineState, SqliteStore, StateStore};
+use imalog_verifier::state::{MachineState, SqliteStore, StateError, StateStore};
 
 use crate::cli::VerifyArgs;
 use crate::commands::demo::load_policy;
@@ -31,7 +31,11 @@ pub fn read_ak(path: &Path) -> Outcome<Vec<u8>> {
 /// Runs `imalog verify`.
 pub fn run(args: &VerifyArgs) -> Outcome {
     let policy = match &args.policy {
-        Some(path) => Some(load_policy(path)?),
+        Some(path) => {
+            let mut policy = load_policy(path)?;
+            policy.accept_violations = args.accept_violations;
+            Some(policy)
+        }
         None => None,
     };
     let verifier = Verifier { ak_public: read_ak(&args.ak)?, policy, stall_limit: args.stall_limit };
@@ -43,10 +47,7 @@ pub fn run(args: &VerifyArgs) -> Outcome {
     };
     let client = CollectorClient::new(url).map_err(|e| Failure::Usage(e.to_string()))?;
     let machine = args.machine.clone().unwrap_or_else(|| url.clone());
-    let mut store: Box<dyn StateStore> = match &args.state {
-        Some(path) => Box::new(SqliteStore::open(path).map_err(|e| Failure::Usage(e.to_string()))?),
-        None => Box::new(SqliteStore::in_memory().map_err(|e| Failure::Usage(e.to_string()))?),
-    };
+    let mut store = open_store(args.state.as_deref())?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -91,6 +92,35 @@ pub fn run(args: &VerifyArgs) -> Outcome {
     Ok(())
 }
 
+/// Opens `--state`: a PostgreSQL URL, a SQLite file, or SQLite in memory
+/// when the option is absent.
+fn open_store(state: Option<&Path>) -> Outcome<Box<dyn StateStore>> {
+    let usage = |e: StateError| Failure::Usage(format!("--state: {e}"));
+    let Some(path) = state else {
+        return Ok(Box::new(SqliteStore::in_memory().map_err(usage)?));
+    };
+    match path.to_str() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => open_postgres(url),
+        _ => Ok(Box::new(SqliteStore::open(path).map_err(usage)?)),
+    }
+}
+
+/// Connects to the PostgreSQL state database. Errors leave the URL out,
+/// because it can contain a password.
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str) -> Outcome<Box<dyn StateStore>> {
+    let store =
+        imalog_verifier::postgres::PostgresStore::connect(url).map_err(|e| Failure::Usage(format!("--state: {e}")))?;
+    Ok(Box::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_url: &str) -> Outcome<Box<dyn StateStore>> {
+    Err(Failure::Usage(
+        "--state: a PostgreSQL URL needs imalog built with PostgreSQL support (cargo build --features postgres)".into(),
+    ))
+}
+
 /// Checks one bundle from a cold boot: the quote with the key (and nonce
 /// when given), then the history against it.
 fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path) -> Outcome {
@@ -113,9 +143,13 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
     let (info, start, rebooted) = verifier
         .check_quote(&state, &nonce, &material)
         .map_err(|e| Failure::Verification(format!("{}: {e}", quote.display())))?;
-    let file = std::fs::File::open(records).map_err(|e| Failure::Usage(format!("{}: {e}", records.display())))?;
+    let mut file = std::fs::File::open(records).map_err(|e| Failure::Usage(format!("{}: {e}", records.display())))?;
+    let byte_order = match args.records_endian {
+        Some(order) => order,
+        None => detect_byte_order(&mut file).map_err(|e| Failure::Usage(format!("{}: {e}", records.display())))?,
+    };
     let result = verifier
-        .replay_round(&start, &info, &material, file, ByteOrder::Little, rebooted)
+        .replay_round(&start, &info, &material, file, byte_order, rebooted)
         .map_err(|e| Failure::Verification(format!("{}: {e}", records.display())))?;
     println!(
         "verified: {}, reproducing the quote (resetCount {}, clock {} ms); {} later records are not covered",
@@ -125,6 +159,27 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
         result.pending
     );
     Ok(())
+}
+
+/// Detects the byte order of a binary list from its first record's PCR
+/// index, which is below 24 in the kernel's order and not in the other, and
+/// rewinds the file. An empty file reads as little-endian.
+fn detect_byte_order(file: &mut std::fs::File) -> std::io::Result<ByteOrder> {
+    use std::io::{Read, Seek};
+    let mut word = [0u8; 4];
+    let mut filled = 0;
+    while filled < word.len() {
+        match file.read(&mut word[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    file.rewind()?;
+    if filled < word.len() || u32::from_le_bytes(word) < 24 {
+        Ok(ByteOrder::Little)
+    } else {
+        Ok(ByteOrder::Big)
+    }
 }
 
 /// Describes the records certified in one round, `to` being exclusive.
