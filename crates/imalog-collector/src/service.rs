@@ -146,10 +146,12 @@ impl Collector {
     /// prefix of the history served next. Returns the quote and the
     /// absolute index of the last record present after the quote.
     pub fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<(QuoteOutput, Option<u64>), ServeError> {
-        let quoter = self
-            .quoter
-            .as_ref()
-            .ok_or_else(|| ServeError::BadRequest("this collector has no TPM for quotes".into()))?;
+        let quoter = self.quoter.as_ref().ok_or_else(|| {
+            ServeError::BadRequest(
+                "this collector has no TPM for quotes; start imalog collect with --tpm (a build with --features tss)"
+                    .into(),
+            )
+        })?;
         let quote = quoter.quote(nonce, pcrs).map_err(ServeError::BadRequest)?;
         let end = self.history_end()?;
         Ok((quote, end.checked_sub(1)))

@@ -281,6 +281,32 @@ impl Store {
     /// Opens (or creates) the store at `root` and its latest epoch, taking
     /// the store lock. A torn last frame is cut off and logged.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let lock = Self::lock(root)?;
+        let latest = Self::epochs(root)?.last().copied();
+        let epoch = match latest {
+            Some(epoch) => epoch,
+            None => Self::create_epoch(root, 1)?,
+        };
+        Self::open_epoch(root, epoch, lock)
+    }
+
+    /// Opens an existing epoch of the store at `root` (an earlier boot, for
+    /// reading its history), taking the store lock. Returns `None` when
+    /// the store has no such epoch.
+    pub fn open_existing_epoch(root: &Path, epoch: u64) -> Result<Option<Store>, StoreError> {
+        let lock = Self::lock(root)?;
+        if !Self::epochs(root)?.contains(&epoch) {
+            return Ok(None);
+        }
+        Self::open_epoch(root, epoch, lock).map(Some)
+    }
+
+    /// The epochs of the store at `root`, in ascending order.
+    pub fn list_epochs(root: &Path) -> Result<Vec<u64>, StoreError> {
+        Self::epochs(root)
+    }
+
+    fn lock(root: &Path) -> Result<File, StoreError> {
         fs::create_dir_all(root.join("epochs")).map_err(io_error(root))?;
         let lock_path = root.join("store.lock");
         let lock = OpenOptions::new()
@@ -292,12 +318,7 @@ impl Store {
         if !lock_exclusive(&lock).map_err(io_error(&lock_path))? {
             return Err(StoreError::Locked(root.to_path_buf()));
         }
-        let latest = Self::epochs(root)?.last().copied();
-        let epoch = match latest {
-            Some(epoch) => epoch,
-            None => Self::create_epoch(root, 1)?,
-        };
-        Self::open_epoch(root, epoch, lock)
+        Ok(lock)
     }
 
     fn epochs(root: &Path) -> Result<Vec<u64>, StoreError> {

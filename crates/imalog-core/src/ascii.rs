@@ -163,10 +163,7 @@ impl<R: BufRead> AsciiDecoder<R> {
         let consumed = line.len() - body.len();
         let (pcr_text, rest) = split_space(body);
         let pcr = parse_pcr(pcr_text).ok_or_else(|| {
-            self.error(bad_line(format!(
-                "expected a PCR index (0 to 63) in column 1, found {:?}",
-                String::from_utf8_lossy(pcr_text)
-            )))
+            self.error(bad_line(format!("expected a PCR index (0 to 63) in column 1, found {:?}", excerpt(pcr_text))))
         })?;
         let rest = rest.ok_or_else(|| self.error(bad_line("line ends after the PCR index".into())))?;
         let digest_column = consumed + pcr_text.len() + 2;
@@ -233,14 +230,14 @@ impl<R: BufRead> AsciiDecoder<R> {
             return Err(self.error(DecodeErrorKind::Line(format!(
                 "template digest column starts with '{}'; upstream kernels print bare hex, so this list \
                  comes from a patched kernel and is not supported",
-                String::from_utf8_lossy(&text[..=colon])
+                excerpt(&text[..=colon])
             ))));
         }
         let bytes = hex::decode(text).map_err(|e| {
             self.error(DecodeErrorKind::BadHex {
                 column: "template digest",
                 column_number: column + e.position,
-                found: String::from_utf8_lossy(text).into_owned(),
+                found: excerpt(text),
             })
         })?;
         let expected = match self.digest_size {
@@ -411,6 +408,19 @@ impl<W: Write> AsciiEncoder<W> {
     }
 }
 
+/// Longest excerpt of input quoted in an error message, in characters.
+const EXCERPT_CHARS: usize = 64;
+
+/// The start of `bytes` for an error message: a line of another format can
+/// be megabytes long.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        None => text.into_owned(),
+        Some((end, _)) => format!("{}... ({} bytes in all)", &text[..end], bytes.len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,5 +522,16 @@ mod tests {
         assert_eq!(parts[1], b"/a b");
         assert_eq!(parts[2], b"");
         assert_eq!(parts[8], b"33188");
+    }
+
+    #[test]
+    fn long_line_error_quotes_an_excerpt() {
+        let line = format!("{}\n", "A".repeat(10_000));
+        let mut decoder = AsciiDecoder::new(line.as_bytes(), None, ByteOrder::Little);
+        let mut record = crate::binary::empty_record();
+        let error = decoder.read_record(&mut record).expect_err("not a list line");
+        let message = error.to_string();
+        assert!(message.contains(&format!("found \"{}... (10000 bytes in all)\"", "A".repeat(64))), "{message}");
+        assert!(message.len() < 250, "{message}");
     }
 }

@@ -25,8 +25,11 @@ pub enum PolicyError {
     /// An exclusion is not a valid regular expression.
     #[error("invalid exclusion pattern: {0}")]
     Pattern(String),
-    /// A digest is not hex.
-    #[error("digest {digest:?} for {path}: not hex")]
+    /// A digest is not hex, or has a length no IMA hash algorithm has.
+    #[error(
+        "digest {digest:?} for {path}: expected the hex of a 16, 20, 28, 32, 48 or 64-byte digest \
+         (md5, sha1, sha224, sha256 or sm3, sha384, sha512)"
+    )]
     Digest {
         /// The path.
         path: String,
@@ -146,11 +149,16 @@ struct KeylimeImaSection {
     ignored_keyrings: Vec<String>,
 }
 
+/// Digest lengths of the hash algorithms IMA logs file digests with.
+const DIGEST_LENGTHS: [usize; 6] = [16, 20, 28, 32, 48, 64];
+
 fn decode_digests(path: &str, list: &[String]) -> Result<HashSet<Vec<u8>>, PolicyError> {
     list.iter()
         .map(|text| {
             imalog_core::hex::decode(text.as_bytes())
-                .map_err(|_| PolicyError::Digest { path: path.to_string(), digest: text.clone() })
+                .ok()
+                .filter(|digest| DIGEST_LENGTHS.contains(&digest.len()))
+                .ok_or_else(|| PolicyError::Digest { path: path.to_string(), digest: text.clone() })
         })
         .collect()
 }
@@ -308,5 +316,10 @@ mod tests {
         assert!(matches!(Policy::from_keylime_json("{"), Err(PolicyError::Json(_))));
         assert!(matches!(Policy::from_keylime_json(r#"{"excludes":["("]}"#), Err(PolicyError::Pattern(_))));
         assert!(matches!(Policy::from_keylime_json(r#"{"digests":{"/a":["zz"]}}"#), Err(PolicyError::Digest { .. })));
+        // Hex, but no hash algorithm makes a 2-byte digest.
+        match Policy::from_keylime_json(r#"{"digests":{"/a":["abcd"]}}"#) {
+            Err(PolicyError::Digest { path, digest }) => assert_eq!((path.as_str(), digest.as_str()), ("/a", "abcd")),
+            other => panic!("expected a digest error, got {other:?}"),
+        }
     }
 }

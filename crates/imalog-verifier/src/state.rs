@@ -189,7 +189,7 @@ impl SqliteStore {
             transaction.execute_batch(migration)?;
             transaction.pragma_update(None, "user_version", index as i64 + 1)?;
             transaction.commit()?;
-            tracing::info!(version = index + 1, "state database migrated");
+            tracing::debug!(version = index + 1, "state database migrated");
         }
         Ok(SqliteStore { connection })
     }

@@ -356,9 +356,14 @@ pub struct CollectArgs {
     pub once: bool,
 }
 
+/// The longest interval accepted: a week, in seconds.
+const MAX_DURATION_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
 /// Parses `500ms`, `10s`, `2m`, `1h` or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("invalid duration '{text}': expected a number with ms, s, m or h, such as 10s");
+    let invalid = || {
+        format!("invalid duration '{text}': expected a number with an optional unit ms, s (the default), m or h, such as 10s")
+    };
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -376,6 +381,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     }
     if seconds <= 0.0 {
         return Err(format!("invalid duration '{text}': it must be greater than zero"));
+    }
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(format!("invalid duration '{text}': it must be at most a week"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
@@ -448,7 +456,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Attestation rounds to run.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
 
     /// Time between rounds.
@@ -456,7 +464,7 @@ pub struct DemoArgs {
     pub interval: std::time::Duration,
 
     /// New files measured per round (changed files are measured again on top).
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = parse_positive_count)]
     pub files_per_round: usize,
 
     /// Folders whose executables and libraries are measured [default:
@@ -464,8 +472,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     pub workload: Vec<PathBuf>,
 
-    /// Folder for the record store and the verifier state [default: a new
-    /// folder under the system's temporary folder].
+    /// Folder for the record store and the verifier state; it must be new
+    /// or empty [default: a new folder under the system's temporary folder].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
@@ -475,7 +483,7 @@ pub struct DemoArgs {
 
     /// Soft-reboot the kernel model every N rounds, to show that the
     /// history survives kexec.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub kexec_every: Option<u32>,
 
     /// Run over FUSE: mount the kernel model here, with `imalog emulate`,
@@ -500,6 +508,11 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 0, value_name = "INDEX")]
     pub from: u64,
 
+    /// Epoch (one per cold boot) whose records to write [default: the
+    /// latest, the running boot's].
+    #[arg(long, value_name = "N")]
+    pub epoch: Option<u64>,
+
     /// Output file; `-` writes standard output.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -520,6 +533,13 @@ pub enum FormatArg {
     Binary,
     /// ascii_runtime_measurements layout.
     Ascii,
+}
+
+fn parse_positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("invalid count '{text}': expected a whole number of at least 1")),
+        Ok(count) => Ok(count),
+    }
 }
 
 fn parse_bank(text: &str) -> Result<Bank, String> {

@@ -36,7 +36,7 @@ pub fn open_quoter(spec: &str) -> Outcome<Box<dyn imalog_collector::service::Quo
 
 /// Turns a command-line TPM name into a TCTI string.
 #[cfg(feature = "tss")]
-fn tcti_for(spec: &str) -> Outcome<String> {
+pub fn tcti_for(spec: &str) -> Outcome<String> {
     if spec.contains('=') {
         return Ok(spec.to_string());
     }

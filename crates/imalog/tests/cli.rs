@@ -1317,3 +1317,14 @@ fn forced_ascii_on_binary_list_exits_1() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("it is a binary list, not ASCII; drop --input-format ascii"), "{}", run.stderr);
 }
+
+#[test]
+fn verify_rejects_a_bad_key_file() {
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let key = temp.path().join("ak.hex");
+    // What `jq -r .ak_public` writes when the quote endpoint failed.
+    std::fs::write(&key, "null\n").expect("write key");
+    let run = imalog(["verify", "--collector", "http://127.0.0.1:9", "--ak", arg(&key), "--once"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("--ak {}: not an attestation key", key.display())), "{}", run.stderr);
+}

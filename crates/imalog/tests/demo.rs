@@ -56,12 +56,12 @@ fn fixed_workload_summary_and_history() {
     let lines: Vec<&str> = stdout.lines().collect();
     // Not a terminal: one progress line per round, then the summary.
     assert_eq!(lines.len(), 7, "{stdout}");
-    assert_eq!(lines[0], "round 1/4 | measured 10 | in kernel 0 | stored 11 | verified up to 11 | attestation ok");
+    assert_eq!(lines[0], "round 1/4 | measured 10 | in kernel 0 | stored 11 | verified 11 | attestation ok");
     // Round 2 measures 10 more, then kexecs: kexec_load, kexec_execute and
     // the new kernel's boot_aggregate.
-    assert_eq!(lines[1], "round 2/4 | measured 20 | in kernel 0 | stored 24 | verified up to 24 | attestation ok");
-    assert_eq!(lines[2], "round 3/4 | measured 30 | in kernel 0 | stored 34 | verified up to 34 | attestation ok");
-    assert_eq!(lines[3], "round 4/4 | measured 31 | in kernel 0 | stored 38 | verified up to 38 | attestation ok");
+    assert_eq!(lines[1], "round 2/4 | measured 20 | in kernel 0 | stored 24 | verified 24 | attestation ok");
+    assert_eq!(lines[2], "round 3/4 | measured 30 | in kernel 0 | stored 34 | verified 34 | attestation ok");
+    assert_eq!(lines[3], "round 4/4 | measured 31 | in kernel 0 | stored 38 | verified 38 | attestation ok");
     assert_eq!(
         lines[4],
         "demo: 4 rounds, 4 attestations passed, 0 failed; 31 files measured (0 unchanged re-measurements refused), \
@@ -69,7 +69,8 @@ fn fixed_workload_summary_and_history() {
     );
     assert_eq!(
         lines[5],
-        "demo: 38 records stored by the collector, 0 still in the kernel, verified up to index 38 with 0 pending"
+        "demo: 38 records stored by the collector, 0 still in the kernel; records 0 to 37 verified, 0 pending, 0 not \
+         certified"
     );
 
     // The stored history, record by record.
@@ -103,6 +104,36 @@ fn fixed_workload_summary_and_history() {
     let beyond = imalog(["history", arg(&dir.join("store")), "--from", "39", "-o", "-"]);
     assert_eq!(beyond.code, 2);
     assert!(beyond.stderr.contains("--from 39: the store holds records 0 to 37 of epoch 1"), "{}", beyond.stderr);
+
+    // A second epoch (as after a reboot): the latest is the default, and
+    // --epoch reads the earlier one.
+    {
+        let mut store = imalog_collector::Store::open(&dir.join("store")).expect("open store");
+        store.start_new_epoch().expect("new epoch");
+        store.set_meta(imalog_core::ByteOrder::Little, Some("second boot".into())).expect("meta");
+        store.commit(0, 11, &history.stdout[..record_end(&history.stdout, 11)]).expect("commit");
+    }
+    let latest = imalog(["history", arg(&dir.join("store")), "-o", "-"]);
+    assert_eq!(latest.code, 0, "{}", latest.stderr);
+    assert!(latest.stderr.contains("wrote records 0 to 10 of epoch 2"), "{}", latest.stderr);
+    let first = imalog(["history", arg(&dir.join("store")), "--epoch", "1", "-o", "-"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout, history.stdout);
+    let unknown = imalog(["history", arg(&dir.join("store")), "--epoch", "3", "-o", "-"]);
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("--epoch 3:") && unknown.stderr.contains("it has 1, 2"), "{}", unknown.stderr);
+}
+
+/// The byte offset after the first `count` records of a little-endian
+/// SHA-1 binary list.
+fn record_end(list: &[u8], count: u64) -> usize {
+    let layout = imalog_core::BinaryLayout { digest_size: 20, byte_order: imalog_core::ByteOrder::Little };
+    let mut decoder = imalog_core::BinaryDecoder::new(list, layout);
+    let mut record = imalog_core::binary::empty_record();
+    for _ in 0..count {
+        assert!(decoder.read_record(&mut record).expect("decode"), "the list has fewer than {count} records");
+    }
+    decoder.offset() as usize
 }
 
 #[test]
@@ -153,4 +184,44 @@ fn policy_failure_fails_the_demo_and_names_the_file() {
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
     assert!(run.stdout_text().contains("demo: 2 rounds, 1 attestations passed, 1 failed"), "{}", run.stdout_text());
     assert!(run.stderr.contains("imalog: 1 attestation round(s) failed"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let work = temp.path().join("workload");
+    std::fs::create_dir(&work).expect("mkdir");
+    workload(&work);
+    let used = temp.path().join("used");
+    std::fs::create_dir(&used).expect("mkdir");
+    std::fs::write(used.join("verifier.db"), b"left by an earlier run").expect("write");
+    let empty = temp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let missing = temp.path().join("missing");
+    let fresh = temp.path().join("fresh");
+    let tool1 = work.join("tool1");
+
+    let cases: [(Vec<&str>, String); 7] = [
+        (
+            vec!["demo", "--workload", arg(&work), "--dir", arg(&used)],
+            format!("--dir {}: the folder is not empty", used.display()),
+        ),
+        (vec!["demo", "--workload", arg(&missing)], format!("--workload {}: No such file", missing.display())),
+        (vec!["demo", "--workload", arg(&tool1)], format!("--workload {}: not a folder", tool1.display())),
+        (vec!["demo", "--workload", arg(&empty)], "no executables or shared libraries found under".to_string()),
+        (vec!["demo", "--rounds", "0"], "invalid value '0' for '--rounds <N>'".to_string()),
+        (vec!["demo", "--kexec-every", "0"], "invalid value '0' for '--kexec-every <N>'".to_string()),
+        (vec!["demo", "--interval", "9999999999s"], "it must be at most a week".to_string()),
+    ];
+    for (args, expected) in cases {
+        let mut args = args;
+        if !args.contains(&"--dir") {
+            args.extend(["--dir", arg(&fresh)]);
+        }
+        let run = imalog(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(&expected), "{args:?}: expected {expected:?} in {}", run.stderr);
+    }
+    // Nothing was created for the runs that failed.
+    assert!(!fresh.exists());
 }

@@ -323,16 +323,16 @@ fn demo_runs_as_separate_processes_over_fuse_and_swtpm() {
     let stdout = run.stdout_text();
     let rounds: Vec<&str> = stdout.lines().filter(|l| l.starts_with("round ")).collect();
     assert_eq!(rounds.len(), 4, "{stdout}");
-    assert!(rounds.iter().all(|l| l.contains(": attestation ok, verified up to ")), "{stdout}");
+    assert!(rounds.iter().all(|l| l.ends_with("| attestation ok")), "{stdout}");
     // Twelve files, one boot_aggregate, and kexec_load, kexec_execute and a
     // new boot_aggregate for each of the two kexecs. The collector may
     // still have records pending when the last quote is taken, so the last
     // round certifies at most 19.
     let last = rounds[3];
     let verified: u64 = last
-        .split("verified up to ")
+        .split("| verified ")
         .nth(1)
-        .and_then(|rest| rest.split(',').next())
+        .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in {last}"));
     assert!((13..=19).contains(&verified), "{stdout}");
@@ -346,6 +346,24 @@ fn demo_runs_as_separate_processes_over_fuse_and_swtpm() {
     assert_eq!(names.iter().filter(|n| n.starts_with(arg(&workload))).count(), 12, "{names:?}");
     assert_eq!(names.iter().filter(|n| *n == "boot_aggregate").count(), 3, "{names:?}");
     assert_eq!(names.len(), 19, "{names:?}");
+
+    // A second run on the same swtpm cannot reproduce its PCR 10.
+    let again = temp.path().join("again");
+    let rerun = common::imalog([
+        "demo",
+        "--mount",
+        arg(&mount),
+        "--tpm",
+        &tpm,
+        "--workload",
+        arg(&workload),
+        "--dir",
+        arg(&again),
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(rerun.code, 2, "{}", rerun.stderr);
+    assert!(rerun.stderr.contains("PCR 10 was already extended"), "{}", rerun.stderr);
 }
 
 /// `imalog verify` against a collector that quotes swtpm: online rounds
@@ -418,6 +436,13 @@ fn verify_attests_online_and_offline() {
     };
     let bundle = offline(&records, &ak, nonce);
     assert_eq!(bundle.code, 0, "{}", bundle.stderr);
+    assert!(!bundle.stderr.contains("warning"), "{}", bundle.stderr);
+
+    // Without --nonce the bundle still verifies, with a warning.
+    let unchecked =
+        common::imalog(["verify", "--records", arg(&records), "--quote", arg(&quote_file), "--ak", arg(&ak)]);
+    assert_eq!(unchecked.code, 0, "{}", unchecked.stderr);
+    assert!(unchecked.stderr.contains("warning: no --nonce given"), "{}", unchecked.stderr);
     assert!(
         bundle.stdout_text().starts_with("verified: records 0 to 8 certified, reproducing the quote"),
         "{}",

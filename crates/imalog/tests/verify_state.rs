@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 /// connections, with the given `--state`.
 fn verify_once(folder: &Path, state: &str) -> Output {
     let ak = folder.join("ak.hex");
-    std::fs::write(&ak, "00").expect("write the key file");
+    let key = imalog_tpm::SoftTpm::with_default_banks().ak_public().expect("software attestation key");
+    std::fs::write(&ak, imalog_core::hex::encode(&key)).expect("write the key file");
     // A port that was free a moment ago: nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
     Command::new(env!("CARGO_BIN_EXE_imalog"))

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use imalog_collector::service::{Collector, HistoryFormat, QuoteOutput};
 use imalog_collector::{Exporter, Flavor, Securityfs, Store};
@@ -115,6 +116,17 @@ pub fn run(args: &DemoArgs) -> Outcome {
     if args.mount.is_some() || args.tpm.is_some() {
         return crate::commands::demo_processes::run(args);
     }
+    let policy = match &args.policy {
+        Some(path) => Some(load_policy(path)?),
+        None => None,
+    };
+    let mut workload = Workload::new(&workload_roots(args)?);
+    if workload.candidates.is_empty() {
+        return Err(Failure::Usage(format!(
+            "no executables or shared libraries found under {}; give --workload with a folder that has some",
+            workload_roots(args)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
     let work = WorkDirectory::new(args.dir.as_deref())?;
 
     // The machine: a kernel model on a software TPM with an attestation key.
@@ -137,14 +149,14 @@ pub fn run(args: &DemoArgs) -> Outcome {
     let collector = Collector::new(exporter, Some(Box::new(InProcessQuoter::new(Arc::clone(&machine)))));
 
     // The verifier, with the key enrolled out of band and its own state.
-    let policy = match &args.policy {
-        Some(path) => Some(load_policy(path)?),
-        None => None,
-    };
     let verifier = Verifier { ak_public, policy, stall_limit: 3 };
     let mut state_store = SqliteStore::open(&work.path("verifier.db")).map_err(|e| Failure::Usage(e.to_string()))?;
 
-    let mut workload = Workload::new(&workload_roots(args));
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| Failure::Usage(format!("cannot install signal handlers: {e}")))?;
+    }
     let mut display = Display::new(args.rounds);
     let mut tally = Tally::default();
 
@@ -181,22 +193,39 @@ pub fn run(args: &DemoArgs) -> Outcome {
         tally.resident = machine.kernel().counters().current + machine.kernel().counters().staged;
         tally.stored = collector.status().1;
         display.show(&tally);
+        if stop.load(Ordering::Relaxed) {
+            display.message(&format!("interrupted after round {round} of {}", args.rounds));
+            break;
+        }
         if round < args.rounds {
-            std::thread::sleep(args.interval.saturating_sub(started.elapsed()));
+            let until = started + args.interval;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+            }
         }
     }
     display.finish();
     summary(&tally, &work)
 }
 
-/// The folders of the workload: `--workload`, or where this machine keeps
-/// its executables and libraries.
-pub(crate) fn workload_roots(args: &DemoArgs) -> Vec<PathBuf> {
+/// The folders of the workload, as absolute paths (the kernel logs absolute
+/// paths, and runtime policies list them): `--workload`, which must name
+/// folders, or where this machine keeps its executables and libraries.
+pub(crate) fn workload_roots(args: &DemoArgs) -> Outcome<Vec<PathBuf>> {
     if args.workload.is_empty() {
-        ["/usr/bin", "/usr/sbin", "/usr/lib"].iter().map(PathBuf::from).collect()
-    } else {
-        args.workload.clone()
+        return Ok(["/usr/bin", "/usr/sbin", "/usr/lib"].iter().map(PathBuf::from).collect());
     }
+    args.workload
+        .iter()
+        .map(|root| {
+            let absolute = std::fs::canonicalize(root)
+                .map_err(|e| Failure::Usage(format!("--workload {}: {e}", root.display())))?;
+            if !absolute.is_dir() {
+                return Err(Failure::Usage(format!("--workload {}: not a folder", root.display())));
+            }
+            Ok(absolute)
+        })
+        .collect()
 }
 
 /// One attestation round in-process; returns the index certified up to and
@@ -255,9 +284,16 @@ fn summary(tally: &Tally, work: &WorkDirectory) -> Outcome {
          {} kexec(s)",
         tally.round, tally.passed, tally.failed, tally.measured, tally.duplicates, tally.kexecs
     );
+    let verified = match tally.verified {
+        0 => "no record verified".to_string(),
+        count => format!("records 0 to {} verified", count - 1),
+    };
     println!(
-        "demo: {} records stored by the collector, {} still in the kernel, verified up to index {} with {} pending",
-        tally.stored, tally.resident, tally.verified, tally.pending
+        "demo: {} records stored by the collector, {} still in the kernel; {verified}, {} pending, {} not certified",
+        tally.stored,
+        tally.resident,
+        tally.pending,
+        tally.stored.saturating_sub(tally.verified + tally.pending)
     );
     println!("demo: store and verifier state in {}", work.root.display());
     if tally.failed > 0 {
@@ -272,11 +308,23 @@ struct WorkDirectory {
 }
 
 impl WorkDirectory {
+    /// Creates the folder, or takes an empty one: a store or a verifier
+    /// state left by an earlier run would mix two boots in one history.
     fn new(given: Option<&Path>) -> Outcome<Self> {
         let root = match given {
             Some(path) => path.to_path_buf(),
             None => std::env::temp_dir().join(format!("imalog-demo-{}", std::process::id())),
         };
+        if root.exists() {
+            let mut entries =
+                std::fs::read_dir(&root).map_err(|e| Failure::Usage(format!("--dir {}: {e}", root.display())))?;
+            if entries.next().is_some() {
+                return Err(Failure::Usage(format!(
+                    "--dir {}: the folder is not empty (an earlier demo run?); give a new or empty folder",
+                    root.display()
+                )));
+            }
+        }
         std::fs::create_dir_all(&root).map_err(|e| Failure::Usage(format!("{}: {e}", root.display())))?;
         Ok(WorkDirectory { root })
     }
@@ -300,14 +348,18 @@ impl Display {
 
     fn line(&self, tally: &Tally) -> String {
         format!(
-            "round {}/{} | measured {} | in kernel {} | stored {} | verified up to {} | attestation {}",
+            "round {}/{} | measured {} | in kernel {} | stored {} | verified {} | {}",
             tally.round,
             self.rounds,
             tally.measured,
             tally.resident,
             tally.stored,
             tally.verified,
-            if tally.failed == 0 { "ok".to_string() } else { format!("{} FAILED", tally.failed) }
+            if tally.failed == 0 {
+                "attestation ok".to_string()
+            } else {
+                format!("attestation FAILED in {} round(s)", tally.failed)
+            }
         )
     }
 

@@ -91,6 +91,27 @@ mod processes {
         Ok(Process { child, name })
     }
 
+    /// Fails unless PCR 10 of the TPM is in its reset state: the kernel
+    /// model starts a cold boot, and a PCR that an earlier run extended can
+    /// never be reproduced from the new history.
+    fn check_fresh_tpm(tpm: &str) -> Outcome {
+        let tcti = crate::tpm::tcti_for(tpm)?;
+        let mut device = imalog_tpm::TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {tpm}: {e}")))?;
+        let bank = imalog_tpm::Tpm::banks(&device)
+            .first()
+            .copied()
+            .ok_or_else(|| Failure::Usage(format!("--tpm {tpm}: the TPM has no PCR bank")))?;
+        let value = imalog_tpm::Tpm::read(&mut device, &bank, 10)
+            .map_err(|e| Failure::Usage(format!("--tpm {tpm}: reading PCR 10: {e}")))?;
+        if value.as_bytes().iter().any(|&byte| byte != 0) {
+            return Err(Failure::Usage(format!(
+                "--tpm {tpm}: PCR 10 was already extended (by an earlier run?), so a new boot's history cannot \
+                 reproduce it; restart swtpm with a new state folder"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn run(args: &DemoArgs) -> Outcome {
         let (Some(mount), Some(tpm)) = (&args.mount, &args.tpm) else {
             return Err(Failure::Usage("--mount and --tpm go together".into()));
@@ -101,6 +122,7 @@ mod processes {
         let path = |name: &str| -> PathBuf { work.join(name) };
         let text = |p: &Path| p.display().to_string();
 
+        check_fresh_tpm(tpm)?;
         let emulate = spawn(
             "emulate",
             &[
@@ -168,7 +190,7 @@ mod processes {
         let client = CollectorClient::new(&format!("http://{address}")).map_err(|e| Failure::Usage(e.to_string()))?;
         let mut store = SqliteStore::open(&path("verifier.db")).map_err(|e| Failure::Usage(e.to_string()))?;
 
-        let mut workload = crate::commands::demo::Workload::new(&crate::commands::demo::workload_roots(args));
+        let mut workload = crate::commands::demo::Workload::new(&crate::commands::demo::workload_roots(args)?);
         let (mut passed, mut failed) = (0u32, 0u32);
         for round in 1..=args.rounds {
             let paths = workload.due(args.files_per_round);
@@ -187,17 +209,17 @@ mod processes {
                 Ok(Verdict::Passed(result)) => {
                     passed += 1;
                     println!(
-                        "round {round}/{}: attestation ok, verified up to {}, {} pending",
+                        "round {round}/{} | verified {} | pending {} | attestation ok",
                         args.rounds, result.certified_to, result.pending
                     );
                 }
                 Ok(Verdict::Failed(rejection)) => {
                     failed += 1;
-                    println!("round {round}/{}: attestation FAILED: {rejection}", args.rounds);
+                    println!("round {round}/{} | attestation FAILED: {rejection}", args.rounds);
                 }
                 Err(error) => {
                     failed += 1;
-                    println!("round {round}/{}: no verdict: {error}", args.rounds);
+                    println!("round {round}/{} | no verdict: {error}", args.rounds);
                 }
             }
         }

@@ -18,7 +18,21 @@ pub fn run(args: &HistoryArgs) -> Outcome {
             args.store.display()
         )));
     }
-    let store = Store::open(&args.store).map_err(|e| Failure::Usage(e.to_string()))?;
+    let store = match args.epoch {
+        None => Store::open(&args.store).map_err(|e| Failure::Usage(e.to_string()))?,
+        Some(epoch) => match Store::open_existing_epoch(&args.store, epoch) {
+            Ok(Some(store)) => store,
+            Ok(None) => {
+                let epochs = Store::list_epochs(&args.store).map_err(|e| Failure::Usage(e.to_string()))?;
+                let known = epochs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+                return Err(Failure::Usage(format!(
+                    "--epoch {epoch}: {} has no such epoch; it has {known}",
+                    args.store.display()
+                )));
+            }
+            Err(error) => return Err(Failure::Usage(error.to_string())),
+        },
+    };
     if args.from > store.next_index() {
         return Err(Failure::Usage(format!(
             "--from {}: the store holds records 0 to {} of epoch {}",

@@ -16,16 +16,26 @@ use crate::cli::VerifyArgs;
 use crate::commands::demo::load_policy;
 use crate::outcome::{Failure, Outcome};
 
-/// Reads an attestation key file: binary TPM2B_PUBLIC, or the same in hex.
+/// Reads an attestation key file (binary TPM2B_PUBLIC, or the same in hex)
+/// and checks that it parses, so that a bad file fails before any round.
 pub fn read_ak(path: &Path) -> Outcome<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Failure::Usage(format!("--ak {}: {e}", path.display())))?;
     let text = String::from_utf8_lossy(&bytes);
     let trimmed = text.trim();
-    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return imalog_core::hex::decode(trimmed.as_bytes())
-            .map_err(|e| Failure::Usage(format!("{}: invalid hex at character {}", path.display(), e.position)));
-    }
-    Ok(bytes)
+    let key = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        imalog_core::hex::decode(trimmed.as_bytes())
+            .map_err(|e| Failure::Usage(format!("--ak {}: invalid hex at character {}", path.display(), e.position)))?
+    } else {
+        bytes
+    };
+    imalog_tpm::AkPublic::parse(&key).map_err(|e| {
+        Failure::Usage(format!(
+            "--ak {}: not an attestation key ({e}); expected a TPM2B_PUBLIC in binary or hex, such as the \
+             ak_public of the collector's /v1/quote",
+            path.display()
+        ))
+    })?;
+    Ok(key)
 }
 
 /// Runs `imalog verify`.
@@ -133,7 +143,10 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
             imalog_core::hex::decode(hex.as_bytes()).map_err(|_| Failure::Usage("--nonce: invalid hex".into()))?
         }
         None => {
-            // Without a nonce the bundle proves content, not freshness.
+            eprintln!(
+                "imalog: warning: no --nonce given, so the quote's nonce is not checked: the bundle proves the \
+                 history, not that the quote is fresh"
+            );
             let info = imalog_tpm::QuoteInfo::parse(&material.attest)
                 .map_err(|e| Failure::Verification(format!("{}: {e}", quote.display())))?;
             info.extra_data
