@@ -333,7 +333,7 @@ pub struct CollectArgs {
     pub flavor: Option<String>,
 
     /// Time between export rounds, such as 500ms, 10s or 2m.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub interval: std::time::Duration,
 
     /// Address of the HTTP API (history and quotes); `none` turns it off.
@@ -414,7 +414,7 @@ pub struct VerifyArgs {
     pub policy: Option<PathBuf>,
 
     /// Time between attestation rounds.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub interval: std::time::Duration,
 
     /// Name the machine has in the state database [default: the collector URL].
@@ -460,7 +460,7 @@ pub struct DemoArgs {
     pub rounds: u32,
 
     /// Time between rounds.
-    #[arg(long, default_value = "500ms", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub interval: std::time::Duration,
 
     /// New files measured per round (changed files are measured again on top).

@@ -65,7 +65,7 @@ pub fn open_hardware_tpm(spec: &str, proxy_address: &str) -> Outcome<(Option<Box
 
     if let Some(path) = spec.strip_prefix("device:") {
         let tpm = TssTpm::open(&format!("device:{path}")).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
-        tracing::info!(device = path, banks = ?tpm.banks(), "extending a TPM device");
+        tracing::info!(device = path, banks = %bank_names(&tpm.banks()), "extending a TPM device");
         return Ok((Some(Box::new(tpm)), None));
     }
     let Some(target) = spec.strip_prefix("swtpm:") else {
@@ -91,7 +91,7 @@ pub fn open_hardware_tpm(spec: &str, proxy_address: &str) -> Outcome<(Option<Box
         println!("tpm-proxy {server} {tcti}");
     }
     let tpm = TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
-    tracing::info!(banks = ?tpm.banks(), "extending swtpm through the proxy");
+    tracing::info!(banks = %bank_names(&tpm.banks()), "extending swtpm through the proxy");
     Ok((Some(Box::new(tpm)), Some(Box::new(proxy))))
 }
 
@@ -189,4 +189,10 @@ pub fn open_quoter(spec: &str) -> Outcome<Box<dyn imalog_collector::service::Quo
     let tcti = tcti_for(spec)?;
     let tpm = imalog_tpm::TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
     Ok(Box::new(TssQuoter { tpm: std::sync::Mutex::new(tpm) }))
+}
+
+/// Bank names for a log line, such as `sha1,sha256`.
+#[cfg(feature = "tss")]
+fn bank_names(banks: &[imalog_core::Bank]) -> String {
+    banks.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
