@@ -10,21 +10,45 @@
 //!   flavour.
 //!
 //! One request per connection; the connection closes after the response.
-//! Requests are limited to 8 KiB of head and GET only.
+//! GET only. [`HttpLimits`] bounds what one client can hold: the size of
+//! the request head and the time to send it, the time a write may block,
+//! and the number of connections served at once.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::service::{Collector, HistoryFormat, ServeError};
 
-/// Largest request head accepted.
-const MAX_HEAD: u64 = 8 * 1024;
+/// Limits on what one client may hold on the server.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Largest request head (request line and headers), in bytes.
+    pub max_head: usize,
+    /// Time allowed for the whole request head to arrive.
+    pub head_timeout: Duration,
+    /// Time one write of the response may block on a client that does not
+    /// read.
+    pub write_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_head: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 32,
+        }
+    }
+}
 
 /// A running HTTP server; dropping it stops accepting connections.
 pub struct HttpServer {
@@ -33,25 +57,51 @@ pub struct HttpServer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// Counts a connection as open until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl HttpServer {
     /// Listens on `address` and serves `collector` on a thread per
-    /// connection.
+    /// connection, with the default limits.
     pub fn start(address: &str, collector: Arc<Collector>) -> io::Result<HttpServer> {
+        HttpServer::start_with(address, collector, HttpLimits::default())
+    }
+
+    /// Listens on `address` and serves `collector` within `limits`.
+    pub fn start_with(address: &str, collector: Arc<Collector>, limits: HttpLimits) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(address)?;
         let address = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
+        let open = Arc::new(AtomicUsize::new(0));
         let thread = thread::Builder::new().name("imalog-http".into()).spawn(move || {
             while !stop_flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, peer)) => {
+                        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+                            let _slot = Slot(Arc::clone(&open));
+                            tracing::warn!(%peer, limit = limits.max_connections, "HTTP connection refused: too many open");
+                            let _ = refuse(stream, limits.max_connections);
+                            continue;
+                        }
+                        let slot = Slot(Arc::clone(&open));
                         let collector = Arc::clone(&collector);
-                        let _ = thread::Builder::new().name("imalog-http-client".into()).spawn(move || {
-                            if let Err(error) = serve(stream, &collector) {
+                        let spawned = thread::Builder::new().name("imalog-http-client".into()).spawn(move || {
+                            let _slot = slot;
+                            if let Err(error) = serve(stream, &collector, &limits) {
                                 tracing::debug!(%peer, %error, "HTTP connection ended with an error");
                             }
                         });
+                        if let Err(error) = spawned {
+                            tracing::warn!(%peer, %error, "cannot start a thread for an HTTP connection");
+                        }
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         thread::sleep(Duration::from_millis(20));
@@ -82,19 +132,80 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(stream: TcpStream, collector: &Collector) -> io::Result<()> {
+/// Answers a connection over the limit without reading its request.
+fn refuse(mut stream: TcpStream, limit: usize) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?.take(MAX_HEAD));
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    respond_json(
+        &mut stream,
+        503,
+        &json!({"error": format!("the collector already serves {limit} connections; try again later")}),
+    )
+}
+
+/// Reads from a socket until a deadline: each read waits at most for the
+/// time left, so a client that sends one byte at a time cannot hold the
+/// connection longer than the deadline.
+struct DeadlineReader {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request head did not arrive in time"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buffer)
+    }
+}
+
+/// A failure to read a request head.
+enum HeadError {
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Reads the request line and skips the headers, within `limits`.
+fn read_head(stream: &TcpStream, limits: &HttpLimits) -> Result<String, HeadError> {
+    let clone = stream.try_clone().map_err(HeadError::Io)?;
+    let deadline = Instant::now() + limits.head_timeout;
+    let mut reader = BufReader::new(DeadlineReader { stream: clone, deadline }.take(limits.max_head as u64 + 1));
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
+    let mut total = 0usize;
+    let mut line = String::new();
     loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
-            break;
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(HeadError::Io)?;
+        total += read;
+        if total > limits.max_head {
+            return Err(HeadError::TooLarge);
+        }
+        if read == 0 || !line.ends_with('\n') {
+            return Err(HeadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the request head ended early")));
+        }
+        if request_line.is_empty() {
+            request_line = std::mem::take(&mut line);
+        } else if line == "\r\n" || line == "\n" {
+            return Ok(request_line);
         }
     }
+}
+
+fn serve(stream: TcpStream, collector: &Collector, limits: &HttpLimits) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(limits.write_timeout))?;
     let mut out = stream;
+    let request_line = match read_head(&out, limits) {
+        Ok(line) => line,
+        Err(HeadError::TooLarge) => {
+            let message = format!("the request head is larger than {} bytes", limits.max_head);
+            return respond_json(&mut out, 431, &json!({ "error": message }));
+        }
+        Err(HeadError::Io(error)) => return Err(error),
+    };
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
@@ -198,6 +309,7 @@ fn status_text(code: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
@@ -206,12 +318,12 @@ fn status_text(code: u16) -> &'static str {
 
 fn respond_json(out: &mut TcpStream, code: u16, body: &serde_json::Value) -> io::Result<()> {
     let text = body.to_string() + "\n";
-    write!(
-        out,
+    let response = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
         status_text(code),
         text.len()
-    )?;
+    );
+    out.write_all(response.as_bytes())?;
     out.flush()
 }
 
@@ -279,5 +391,124 @@ fn records(out: &mut TcpStream, collector: &Collector, from: u64, format: Histor
             tracing::error!(from, %error, "serving history failed");
             Err(io::Error::other(error.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Exporter, Flavor, Securityfs, Store};
+
+    /// Starts a server over an empty read-only list, with `limits`.
+    fn server(limits: HttpLimits) -> (tempfile::TempDir, HttpServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let ima = dir.path().join("ima");
+        std::fs::create_dir(&ima).unwrap();
+        std::fs::write(ima.join(crate::securityfs::BINARY_LIST), b"").unwrap();
+        let fs = Securityfs::new(&ima).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let exporter = Exporter::new(fs, store, Flavor::ReadOnly, Box::new(|| None)).unwrap();
+        let server = HttpServer::start_with("127.0.0.1:0", Arc::new(Collector::new(exporter, None)), limits).unwrap();
+        (dir, server)
+    }
+
+    fn exchange(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[test]
+    fn status_returns_epoch_and_flavor() {
+        let (_dir, server) = server(HttpLimits::default());
+        let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("{\"byte_order\":\"le\",\"epoch\":1,\"flavor\":\"read-only\",\"stored\":0}\n"),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn head_over_limit_gets_431() {
+        let limits = HttpLimits { max_head: 256, ..HttpLimits::default() };
+        let (_dir, server) = server(limits);
+        let mut request = b"GET /v1/status HTTP/1.1\r\nX-Filler: ".to_vec();
+        request.resize(300, b'a');
+        request.extend_from_slice(b"\r\n\r\n");
+        let answer = exchange(server.address(), &request);
+        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{answer}");
+        assert!(answer.contains("larger than 256 bytes"), "{answer}");
+    }
+
+    #[test]
+    fn head_deadline_cuts_slow_client() {
+        let limits = HttpLimits { head_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+        let (_dir, server) = server(limits);
+        let mut stream = TcpStream::connect(server.address()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        // One byte every 100 ms: each read arrives within any per-read
+        // timeout, so only the deadline for the whole head ends it.
+        for byte in b"GET /v1/status HTTP/1.1\r\n" {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn connections_over_limit_get_503() {
+        let limits = HttpLimits { max_connections: 2, ..HttpLimits::default() };
+        let (_dir, server) = server(limits);
+        // Two clients that never finish their request hold both slots.
+        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.address()).unwrap()).collect();
+        thread::sleep(Duration::from_millis(200));
+        let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        assert!(answer.contains("already serves 2 connections"), "{answer}");
+        drop(held);
+        // The slots are given back once the held connections end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
+            if answer.starts_with("HTTP/1.1 200 OK\r\n") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "slots were not released: {answer}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        let (_dir, server) = server(HttpLimits::default());
+        let cases: [(&[u8], &str, &str); 6] = [
+            (b"POST /v1/status HTTP/1.1\r\n\r\n", "405", "method POST is not allowed; use GET"),
+            (b"GET /v1/records?from=-1 HTTP/1.1\r\n\r\n", "400", "from must be a record index"),
+            (b"GET /v1/records?format=pem HTTP/1.1\r\n\r\n", "400", "format \\\"pem\\\": expected binary or ascii"),
+            (b"GET /v1/quote?nonce=zz HTTP/1.1\r\n\r\n", "400", "nonce must be 1 to 64 bytes of hex"),
+            (
+                b"GET /v1/quote?nonce=00&pcrs=24 HTTP/1.1\r\n\r\n",
+                "400",
+                "pcrs must be a comma-separated list of 0 to 23",
+            ),
+            (b"GET /v2/x HTTP/1.1\r\n\r\n", "404", "no resource /v2/x"),
+        ];
+        for (request, code, message) in cases {
+            let answer = exchange(server.address(), request);
+            assert!(answer.starts_with(&format!("HTTP/1.1 {code} ")), "{answer}");
+            assert!(answer.contains(message), "{answer}");
+        }
+        // Bytes that are not text end the connection without an answer.
+        assert_eq!(exchange(server.address(), b"\xff\xfe\r\n\r\n"), "");
     }
 }

@@ -136,7 +136,8 @@ fn quote_selections(tpm: &mut SoftTpm, round: u64) -> Vec<RoundQuote> {
         let selection: Vec<(Bank, Vec<u32>)> = banks.iter().map(|bank| (*bank, vec![10])).collect();
         let quote = tpm.quote(&nonce, &selection).expect("quote");
         let pcrs = banks.iter().map(|bank| (*bank, 10, tpm.read(bank, 10).expect("read PCR 10"))).collect();
-        let material = QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1) };
+        let material =
+            QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1), last_index: None };
         quotes.push(RoundQuote { nonce, material });
     }
     quotes
@@ -400,7 +401,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
 
     let database = scratch.path().join("verifier.sqlite");
-    let plain = Verifier { ak_public: history.ak_public.clone(), policy: None, stall_limit: 2 };
+    let plain = Verifier { stall_limit: 2, ..Verifier::new(history.ak_public.clone()) };
     for (selection, (banks, _)) in SELECTIONS.iter().enumerate() {
         measure("full", banks, &settings, || verify_full(&plain, &history, selection, settings.records));
         measure("incremental", banks, &settings, || verify_incremental(&plain, &history, selection, &database));
@@ -410,7 +411,7 @@ fn main() {
     let policy = allow_everything(&history.list);
     let built = start.elapsed();
     let paths = policy.path_count();
-    let with_policy = Verifier { ak_public: history.ak_public.clone(), policy: Some(policy), stall_limit: 2 };
+    let with_policy = Verifier { policy: Some(policy), stall_limit: 2, ..Verifier::new(history.ak_public.clone()) };
     let both = SELECTIONS.len() - 1;
     let banks = SELECTIONS[both].0;
     measure("full, policy", banks, &settings, || verify_full(&with_policy, &history, both, settings.records));

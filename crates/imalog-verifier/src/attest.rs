@@ -30,6 +30,10 @@ pub struct QuoteMaterial {
     pub pcrs: Vec<(Bank, u32, Digest)>,
     /// The collector's epoch.
     pub epoch: Option<u64>,
+    /// The absolute index of the last record the collector saw after
+    /// taking the quote. Later records cannot be covered by the quote, so
+    /// the round reads no further; it bounds the work, not the trust.
+    pub last_index: Option<u64>,
 }
 
 /// Why a round failed.
@@ -107,9 +111,30 @@ pub enum Rejection {
         pending: u64,
     },
     /// Certified records break the runtime policy.
-    #[error("{} runtime policy failure(s); first: {}", .0.len(), .0.first().map(|f| f.to_string()).unwrap_or_default())]
-    Policy(Vec<PolicyFailure>),
+    #[error("{total} runtime policy failure(s); first: {}", .failures.first().map(|f| f.to_string()).unwrap_or_default())]
+    Policy {
+        /// The first failures, in record order (at most
+        /// [`MAX_POLICY_FAILURES`]).
+        failures: Vec<PolicyFailure>,
+        /// How many certified records failed.
+        total: u64,
+    },
+    /// The collector sent more records in one round than the verifier
+    /// reads.
+    #[error("the collector sent more than {limit} records after index {from} in one round")]
+    TooManyRecords {
+        /// First index of the round.
+        from: u64,
+        /// [`Verifier::max_round_records`].
+        limit: u64,
+    },
 }
+
+/// Policy failures kept for the report of one round; the rest are counted.
+pub const MAX_POLICY_FAILURES: usize = 1000;
+
+/// The default of [`Verifier::max_round_records`].
+pub const DEFAULT_MAX_ROUND_RECORDS: u64 = 50_000_000;
 
 /// The result of a passed round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +159,17 @@ pub struct Verifier {
     pub policy: Option<Policy>,
     /// Rounds without progress tolerated while records wait.
     pub stall_limit: u32,
+    /// Maximum number of records one round reads; a collector that sends more is
+    /// rejected rather than replayed without end.
+    pub max_round_records: u64,
+}
+
+impl Verifier {
+    /// Returns a verifier trusting `ak_public`, without runtime policy, with the
+    /// default limits (a stall limit of 3 rounds).
+    pub fn new(ak_public: Vec<u8>) -> Self {
+        Verifier { ak_public, policy: None, stall_limit: 3, max_round_records: DEFAULT_MAX_ROUND_RECORDS }
+    }
 }
 
 /// The hash of a PCR digest, from its length (TPM quotes use the signing
@@ -238,10 +274,19 @@ impl Verifier {
         let mut record = imalog_core::binary::empty_record();
         let mut certified: Option<ReplayState> =
             if replayer.prefix_match().is_some() { Some(start.replay.clone()) } else { None };
+        // The quote cannot cover records the collector saw only after it.
+        let end = quote.last_index.map_or(u64::MAX, |last| last.saturating_add(1));
         let mut failures: Vec<PolicyFailure> = Vec::new();
+        let (mut failed, mut failed_certified) = (0u64, 0u64);
         loop {
             let index = replayer.next_index();
+            if index >= end {
+                break;
+            }
             match decoder.read_record(&mut record) {
+                Ok(true) if index - from >= self.max_round_records => {
+                    return Err(Rejection::TooManyRecords { from, limit: self.max_round_records });
+                }
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(error) => {
@@ -256,11 +301,15 @@ impl Verifier {
             })?;
             if let Some(policy) = &self.policy {
                 if let Err(failure) = policy.check(index, &record) {
-                    failures.push(failure);
+                    failed += 1;
+                    if failures.len() < MAX_POLICY_FAILURES {
+                        failures.push(failure);
+                    }
                 }
             }
             if replayer.prefix_match().is_some_and(|run| run.last == replayer.next_index()) {
                 certified = Some(replayer.state());
+                failed_certified = failed;
             }
         }
         let received = replayer.next_index() - from;
@@ -270,8 +319,8 @@ impl Verifier {
         };
         let certified_to = certified.next_index;
         failures.retain(|f| f.index() < certified_to);
-        if !failures.is_empty() {
-            return Err(Rejection::Policy(failures));
+        if failed_certified > 0 {
+            return Err(Rejection::Policy { failures, total: failed_certified });
         }
         let pending = replayer.next_index() - certified_to;
         let stalled = if pending > 0 && certified_to == from { start.stalled_rounds + 1 } else { 0 };

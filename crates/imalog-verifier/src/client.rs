@@ -1,9 +1,14 @@
 //! A small HTTP/1.1 client for the collector's API, on std sockets: quotes
 //! as JSON, history as a streamed binary list (chunked transfer encoding).
+//!
+//! The collector runs on the attested machine, so its answers are hostile
+//! input: the response head, a JSON body and a chunk-size line each have a
+//! size limit, every read waits at most [`Timeouts::read`], and a whole
+//! request ends at [`Timeouts::request`].
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imalog_core::{Bank, ByteOrder, Digest};
 
@@ -44,11 +49,64 @@ pub enum ClientError {
     },
 }
 
+/// Largest response head (status line and headers).
+const MAX_HEAD: u64 = 16 * 1024;
+/// Largest JSON body (a quote is a few KiB).
+const MAX_JSON: u64 = 1024 * 1024;
+/// Largest error text kept from an error response.
+const MAX_ERROR: u64 = 64 * 1024;
+/// Maximum length of a chunk-size line (hex size, extensions, CRLF).
+const MAX_CHUNK_LINE: u64 = 256;
+
+/// How long the client waits for the collector.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Maximum wait for any one read or for the connection.
+    pub read: Duration,
+    /// Maximum time for a whole request, body included.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { read: Duration::from_secs(60), request: Duration::from_secs(600) }
+    }
+}
+
 /// The collector of one machine.
 #[derive(Clone, Debug)]
 pub struct CollectorClient {
     base: String,
     address: String,
+    timeouts: Timeouts,
+}
+
+/// A socket whose reads end at a deadline.
+struct TimedStream {
+    stream: TcpStream,
+    read: Duration,
+    deadline: Instant,
+}
+
+impl Read for TimedStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request took longer than its time limit"));
+        }
+        self.stream.set_read_timeout(Some(left.min(self.read)))?;
+        self.stream.read(buffer)
+    }
+}
+
+/// Reads one line of at most `limit` bytes; a longer line is an error.
+fn read_limited_line(reader: &mut impl BufRead, limit: u64, what: &str) -> io::Result<String> {
+    let mut line = Vec::new();
+    reader.take(limit + 1).read_until(b'\n', &mut line)?;
+    if line.len() as u64 > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} is longer than {limit} bytes")));
+    }
+    String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} is not text")))
 }
 
 /// A streamed response body.
@@ -88,7 +146,17 @@ impl CollectorClient {
             .map(|rest| rest.trim_end_matches('/'))
             .filter(|rest| !rest.is_empty() && !rest.contains('/'))
             .ok_or_else(|| ClientError::Url(url.to_string()))?;
-        Ok(CollectorClient { base: url.trim_end_matches('/').to_string(), address: address.to_string() })
+        Ok(CollectorClient {
+            base: url.trim_end_matches('/').to_string(),
+            address: address.to_string(),
+            timeouts: Timeouts::default(),
+        })
+    }
+
+    /// Returns the same client with other time limits.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// The base URL.
@@ -99,20 +167,35 @@ impl CollectorClient {
     fn get(&self, target: &str) -> Result<Body, ClientError> {
         let url = format!("{}{target}", self.base);
         let io_error = |source| ClientError::Io { url: url.clone(), source };
-        let mut stream = TcpStream::connect(&self.address).map_err(io_error)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(io_error)?;
-        write!(stream, "GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.address)
-            .map_err(io_error)?;
-        let mut reader = BufReader::with_capacity(1 << 16, stream);
-        let mut status_line = String::new();
-        reader.read_line(&mut status_line).map_err(io_error)?;
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
-            ClientError::Invalid { url: url.clone(), message: format!("status line {status_line:?}") }
-        })?;
+        let deadline = Instant::now() + self.timeouts.request;
+        let mut stream = self.connect().map_err(io_error)?;
+        stream.set_write_timeout(Some(self.timeouts.read)).map_err(io_error)?;
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.address);
+        stream.write_all(request.as_bytes()).map_err(io_error)?;
+        let timed = TimedStream { stream, read: self.timeouts.read, deadline };
+        let mut reader = BufReader::with_capacity(1 << 16, timed);
+        let mut head = (&mut reader).take(MAX_HEAD);
+        let status_line = read_limited_line(&mut head, MAX_HEAD, "the status line").map_err(io_error)?;
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ClientError::Invalid {
+                url: url.clone(),
+                message: format!("status line {status_line:?}"),
+            })?;
         let mut headers = Vec::new();
         loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).map_err(io_error)? == 0 || line.trim().is_empty() {
+            let line = read_limited_line(&mut head, MAX_HEAD, "a header").map_err(io_error)?;
+            if line.is_empty() || !line.ends_with('\n') {
+                let message = if head.limit() == 0 {
+                    format!("the response head is longer than {MAX_HEAD} bytes")
+                } else {
+                    "the response ended inside its head".to_string()
+                };
+                return Err(ClientError::Invalid { url, message });
+            }
+            if line.trim().is_empty() {
                 break;
             }
             if let Some((name, value)) = line.split_once(':') {
@@ -124,8 +207,9 @@ impl CollectorClient {
             if chunked { Box::new(Chunked { inner: reader, remaining: 0, done: false }) } else { Box::new(reader) };
         let mut body = Body { reader, headers };
         if status != 200 {
-            let mut text = String::new();
-            let _ = body.read_to_string(&mut text);
+            let mut bytes = Vec::new();
+            let _ = (&mut body).take(MAX_ERROR).read_to_end(&mut bytes);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_string))
@@ -135,15 +219,35 @@ impl CollectorClient {
         Ok(body)
     }
 
+    /// Connects to the collector, trying each address its name resolves
+    /// to, each for at most the read timeout.
+    fn connect(&self) -> io::Result<TcpStream> {
+        use std::net::ToSocketAddrs;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address");
+        for address in self.address.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&address, self.timeouts.read) {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
     /// Asks for a quote over `pcrs` in every bank with `nonce`.
     pub fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<QuoteMaterial, ClientError> {
         let list = pcrs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let target = format!("/v1/quote?nonce={}&pcrs={list}", imalog_core::hex::encode(nonce));
         let url = format!("{}{target}", self.base);
-        let mut body = self.get(&target)?;
-        let mut text = String::new();
-        body.read_to_string(&mut text).map_err(|source| ClientError::Io { url: url.clone(), source })?;
+        let body = self.get(&target)?;
+        let mut bytes = Vec::new();
+        body.take(MAX_JSON + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ClientError::Io { url: url.clone(), source })?;
         let invalid = |message: String| ClientError::Invalid { url: url.clone(), message };
+        if bytes.len() as u64 > MAX_JSON {
+            return Err(invalid(format!("the quote is larger than {MAX_JSON} bytes")));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| invalid("the quote is not UTF-8 text".into()))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         quote_from_json(&json).map_err(invalid)
     }
@@ -176,7 +280,13 @@ pub fn quote_from_json(json: &serde_json::Value) -> Result<QuoteMaterial, String
             }
         }
     }
-    Ok(QuoteMaterial { attest: bytes("attest")?, signature: bytes("signature")?, pcrs, epoch: json["epoch"].as_u64() })
+    Ok(QuoteMaterial {
+        attest: bytes("attest")?,
+        signature: bytes("signature")?,
+        pcrs,
+        epoch: json["epoch"].as_u64(),
+        last_index: json["last_index"].as_u64(),
+    })
 }
 
 /// Decodes chunked transfer encoding as a stream.
@@ -192,8 +302,7 @@ impl<R: BufRead> Read for Chunked<R> {
             return Ok(0);
         }
         if self.remaining == 0 {
-            let mut line = String::new();
-            self.inner.read_line(&mut line)?;
+            let line = read_limited_line(&mut self.inner, MAX_CHUNK_LINE, "a chunk-size line")?;
             let size = line.trim().split(';').next().unwrap_or("");
             self.remaining = usize::from_str_radix(size, 16)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("chunk size {line:?}")))?;
@@ -211,7 +320,135 @@ impl<R: BufRead> Read for Chunked<R> {
         if self.remaining == 0 {
             let mut end = [0u8; 2];
             self.inner.read_exact(&mut end)?;
+            if &end != b"\r\n" {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "a chunk does not end with CRLF"));
+            }
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A collector that answers one connection with `answer`, sent in
+    /// pieces with `pause` between them, then closes.
+    fn hostile(pieces: Vec<Vec<u8>>, pause: Duration) -> (CollectorClient, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // Read the whole request, so that closing sends no reset.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            for piece in pieces {
+                if stream.write_all(&piece).is_err() {
+                    return;
+                }
+                thread::sleep(pause);
+            }
+        });
+        (CollectorClient::new(&format!("http://{address}")).unwrap(), server)
+    }
+
+    fn quote_error(pieces: Vec<Vec<u8>>) -> String {
+        let (client, server) = hostile(pieces, Duration::ZERO);
+        let error = client.quote(b"n", &[10]).expect_err("the answer is hostile");
+        server.join().unwrap();
+        error.to_string()
+    }
+
+    fn history_error(pieces: Vec<Vec<u8>>) -> String {
+        let (client, server) = hostile(pieces, Duration::ZERO);
+        let mut body = client.records(0).expect("the head is valid");
+        let error = io::copy(&mut body, &mut io::sink()).expect_err("the body is hostile");
+        server.join().unwrap();
+        error.to_string()
+    }
+
+    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    #[test]
+    fn head_endless_header_is_cut() {
+        let mut header = b"HTTP/1.1 200 OK\r\nX-Filler: ".to_vec();
+        header.resize(40_000, b'a');
+        let message = quote_error(vec![header]);
+        assert!(message.ends_with("invalid response: the response head is longer than 16384 bytes"), "{message}");
+    }
+
+    #[test]
+    fn head_many_headers_are_cut() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..2000 {
+            head.extend_from_slice(b"X-Filler: a\r\n");
+        }
+        let message = quote_error(vec![head]);
+        assert!(message.ends_with("invalid response: the response head is longer than 16384 bytes"), "{message}");
+    }
+
+    #[test]
+    fn status_line_not_http_is_invalid() {
+        let message = quote_error(vec![b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()]);
+        assert!(message.ends_with("invalid response: status line \"SSH-2.0-OpenSSH_9.6\\r\\n\""), "{message}");
+    }
+
+    #[test]
+    fn quote_over_limit_is_refused() {
+        let mut answer = b"HTTP/1.1 200 OK\r\n\r\n{\"attest\":\"".to_vec();
+        answer.resize(MAX_JSON as usize + 100, b'0');
+        let message = quote_error(vec![answer]);
+        assert!(message.ends_with("invalid response: the quote is larger than 1048576 bytes"), "{message}");
+    }
+
+    #[test]
+    fn error_body_is_cut_at_limit() {
+        let mut answer = b"HTTP/1.1 500 Internal Server Error\r\n\r\n".to_vec();
+        answer.resize(10 * MAX_ERROR as usize, b'x');
+        let message = quote_error(vec![answer]);
+        assert!(message.contains("HTTP 500: xxx"), "{message}");
+        assert!(message.len() < MAX_ERROR as usize + 200, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn chunked_body_errors_are_named() {
+        let message = history_error(vec![CHUNKED.to_vec(), vec![b'f'; 1000]]);
+        assert_eq!(message, "a chunk-size line is longer than 256 bytes");
+        let message = history_error(vec![CHUNKED.to_vec(), b"4\r\nabcdXY0\r\n\r\n".to_vec()]);
+        assert_eq!(message, "a chunk does not end with CRLF");
+        let message = history_error(vec![CHUNKED.to_vec(), b"zz\r\n".to_vec()]);
+        assert_eq!(message, "chunk size \"zz\\r\\n\"");
+        let message = history_error(vec![CHUNKED.to_vec(), b"10\r\nabc".to_vec()]);
+        assert_eq!(message, "history transfer ended inside a chunk");
+    }
+
+    #[test]
+    fn chunked_body_reads_back() {
+        let (client, server) =
+            hostile(vec![CHUNKED.to_vec(), b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".to_vec()], Duration::ZERO);
+        let mut body = client.records(0).unwrap();
+        let mut text = String::new();
+        body.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "abcde");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn request_deadline_cuts_slow_collector() {
+        // One byte every 50 ms stays within the read timeout, so only the
+        // deadline for the whole request ends it.
+        let pieces = b"HTTP/1.1 200 OK\r\n\r\n".iter().map(|b| vec![*b]).collect();
+        let (client, server) = hostile(pieces, Duration::from_millis(50));
+        let timeouts = Timeouts { read: Duration::from_secs(5), request: Duration::from_millis(300) };
+        let started = Instant::now();
+        let error = client.with_timeouts(timeouts).quote(b"n", &[10]).expect_err("too slow");
+        assert!(error.to_string().ends_with("the request took longer than its time limit"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        server.join().unwrap();
     }
 }

@@ -425,7 +425,10 @@ impl TestMachine {
         let selection: Vec<(Bank, Vec<u32>)> = TPM_BANKS.iter().map(|bank| (*bank, vec![10])).collect();
         let quote = self.tpm.quote(&nonce, &selection).expect("quote");
         let pcrs = TPM_BANKS.iter().map(|bank| (*bank, 10, self.tpm.read(bank, 10).expect("read PCR 10"))).collect();
-        (nonce, QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1) })
+        (
+            nonce,
+            QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1), last_index: None },
+        )
     }
 
     fn chunk(&self, range: Range<usize>) -> Vec<u8> {
@@ -480,8 +483,7 @@ fn rounds_match_between_sqlite_and_postgres() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let mut sqlite = SqliteStore::open(&folder.path().join("verifier.db")).expect("open SQLite");
     let mut machine = TestMachine::new(21);
-    let verifier =
-        Verifier { ak_public: machine.tpm.ak_public().expect("attestation key"), policy: None, stall_limit: 2 };
+    let verifier = Verifier { stall_limit: 2, ..Verifier::new(machine.tpm.ak_public().expect("attestation key")) };
 
     enum Step {
         Measure(usize),

@@ -94,7 +94,7 @@ impl TestMachine {
         let selection: Vec<(Bank, Vec<u32>)> = BANKS.iter().map(|bank| (*bank, vec![10])).collect();
         let quote = self.tpm.quote(nonce, &selection).expect("quote");
         let pcrs = BANKS.iter().map(|bank| (*bank, 10, self.tpm.read(bank, 10).expect("read PCR 10"))).collect();
-        QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1) }
+        QuoteMaterial { attest: quote.attest, signature: quote.signature, pcrs, epoch: Some(1), last_index: None }
     }
 
     fn chunk(&self, range: Range<usize>) -> Vec<u8> {
@@ -107,7 +107,7 @@ fn options(seed: u64) -> SynthOptions {
 }
 
 fn verifier(machine: &mut TestMachine) -> Verifier {
-    Verifier { ak_public: machine.ak_public(), policy: None, stall_limit: 2 }
+    Verifier { stall_limit: 2, ..Verifier::new(machine.ak_public()) }
 }
 
 /// One round as the online verifier runs it: check the quote, then replay.
@@ -156,6 +156,51 @@ fn incremental_rounds_certify_each_chunk_once() {
         assert_eq!(state.replay.value(&bank, 10), machine.tpm.read(&bank, 10).expect("read"), "{bank}");
     }
     assert_eq!(state.reset_count, Some(0));
+}
+
+#[test]
+fn round_stops_at_quoted_last_index() {
+    let mut machine = TestMachine::new(AkAlgorithm::EccP256, 11);
+    let verifier = verifier(&mut machine);
+    machine.measure(25);
+    let nonce = machine.fresh_nonce();
+    let mut quote = machine.quote(&nonce);
+    quote.last_index = Some(24);
+    // What follows record 24 was never decoded: bytes that are no record at
+    // all do not fail the round.
+    let mut records = machine.chunk(0..25);
+    records.extend_from_slice(b"\x0a\x00\x00\x00 not a record");
+    let result = round(&verifier, &MachineState::new(MACHINE), &nonce, &quote, &records).expect("bounded round");
+    assert_eq!((result.certified_to, result.pending), (25, 0));
+
+    // A last index below the records certified already reads nothing and
+    // certifies nothing new.
+    machine.measure(5);
+    let nonce = machine.fresh_nonce();
+    let mut quote = machine.quote(&nonce);
+    quote.last_index = Some(3);
+    match round(&verifier, &result.state, &nonce, &quote, &machine.chunk(25..30)) {
+        Err(Rejection::NoPrefix { from: 25, records: 0, .. }) => {}
+        other => panic!("expected NoPrefix after 0 records, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_rejects_too_many_records() {
+    let mut machine = TestMachine::new(AkAlgorithm::EccP256, 12);
+    let verifier = Verifier { max_round_records: 40, ..verifier(&mut machine) };
+    machine.measure(40);
+    let first = passing_round(&mut machine, &verifier, &MachineState::new(MACHINE), 0..40);
+    assert_eq!(first.certified_to, 40);
+    machine.measure(41);
+    let nonce = machine.fresh_nonce();
+    let quote = machine.quote(&nonce);
+    match round(&verifier, &first.state, &nonce, &quote, &machine.chunk(40..81)) {
+        Err(error @ Rejection::TooManyRecords { from: 40, limit: 40 }) => {
+            assert_eq!(error.to_string(), "the collector sent more than 40 records after index 40 in one round");
+        }
+        other => panic!("expected TooManyRecords, got {other:?}"),
+    }
 }
 
 #[test]
@@ -470,7 +515,7 @@ fn policy_failures_name_the_record_and_ignore_pending_records() {
         }
     }
     let ak_public = machine.ak_public();
-    let verifier = Verifier { ak_public, policy: Some(policy), stall_limit: 2 };
+    let verifier = Verifier { policy: Some(policy), stall_limit: 2, ..Verifier::new(ak_public) };
 
     // Record 21 is after the quote: it stays pending, the round passes.
     let result = round(&verifier, &MachineState::new(MACHINE), &early_nonce, &early_quote, &machine.chunk(0..40))
@@ -481,9 +526,33 @@ fn policy_failures_name_the_record_and_ignore_pending_records() {
     let nonce = machine.fresh_nonce();
     let quote = machine.quote(&nonce);
     match round(&verifier, &result.state, &nonce, &quote, &machine.chunk(20..40)) {
-        Err(Rejection::Policy(failures)) => {
+        Err(Rejection::Policy { failures, total }) => {
+            assert_eq!(total, 1);
             let indexes: Vec<u64> = failures.iter().map(PolicyFailure::index).collect();
             assert_eq!(indexes, vec![21], "{failures:?}");
+        }
+        other => panic!("expected a Policy rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn policy_failures_beyond_the_report_limit_are_counted() {
+    use imalog_verifier::attest::MAX_POLICY_FAILURES;
+    let mut machine = TestMachine::ima_ng(15);
+    machine.measure(1200);
+    let nonce = machine.fresh_nonce();
+    let quote = machine.quote(&nonce);
+    // Pending records after the quote fail too, but are not counted.
+    machine.measure(300);
+    let ak_public = machine.ak_public();
+    let verifier = Verifier { policy: Some(Policy::default()), ..Verifier::new(ak_public) };
+    match round(&verifier, &MachineState::new(MACHINE), &nonce, &quote, &machine.chunk(0..1500)) {
+        Err(Rejection::Policy { failures, total }) => {
+            // Record 0 is the boot_aggregate, which the quote checks.
+            assert_eq!(total, 1199);
+            assert_eq!(failures.len(), MAX_POLICY_FAILURES);
+            let indexes: Vec<u64> = failures.iter().map(PolicyFailure::index).collect();
+            assert_eq!(indexes, (1..=MAX_POLICY_FAILURES as u64).collect::<Vec<_>>());
         }
         other => panic!("expected a Policy rejection, got {other:?}"),
     }

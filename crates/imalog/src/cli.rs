@@ -429,6 +429,11 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub stall_limit: u32,
 
+    /// Maximum number of records one round reads; a collector that sends more fails
+    /// the round.
+    #[arg(long, default_value_t = imalog_verifier::attest::DEFAULT_MAX_ROUND_RECORDS, value_name = "N")]
+    pub max_round_records: u64,
+
     /// Offline: the history (SHA-1 binary list, from index 0).
     #[arg(long, value_name = "FILE", requires = "quote")]
     pub records: Option<PathBuf>,

@@ -149,7 +149,7 @@ pub fn run(args: &DemoArgs) -> Outcome {
     let collector = Collector::new(exporter, Some(Box::new(InProcessQuoter::new(Arc::clone(&machine)))));
 
     // The verifier, with the key enrolled out of band and its own state.
-    let verifier = Verifier { ak_public, policy, stall_limit: 3 };
+    let verifier = Verifier { policy, ..Verifier::new(ak_public) };
     let mut state_store = SqliteStore::open(&work.path("verifier.db")).map_err(|e| Failure::Usage(e.to_string()))?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,8 +236,8 @@ fn attest(verifier: &Verifier, store: &mut SqliteStore, collector: &Collector) -
         .map_err(|e| Rejection::Records(e.to_string()))?
         .unwrap_or_else(|| MachineState::new(MACHINE));
     let nonce = imalog_verifier::online::nonce().map_err(|e| Rejection::Records(e.to_string()))?;
-    let (output, _) = collector.quote(&nonce, &[10]).map_err(|e| Rejection::Quote(e.to_string()))?;
-    let quote = material(output, collector.status().0);
+    let (output, last_index) = collector.quote(&nonce, &[10]).map_err(|e| Rejection::Quote(e.to_string()))?;
+    let quote = material(output, collector.status().0, last_index);
     let verdict = verifier.check_quote(&state, &nonce, &quote).and_then(|(info, start, rebooted)| {
         let mut history = Vec::new();
         collector
@@ -268,8 +268,14 @@ fn attest(verifier: &Verifier, store: &mut SqliteStore, collector: &Collector) -
     }
 }
 
-fn material(output: QuoteOutput, epoch: u64) -> QuoteMaterial {
-    QuoteMaterial { attest: output.attest, signature: output.signature, pcrs: output.pcrs, epoch: Some(epoch) }
+fn material(output: QuoteOutput, epoch: u64, last_index: Option<u64>) -> QuoteMaterial {
+    QuoteMaterial {
+        attest: output.attest,
+        signature: output.signature,
+        pcrs: output.pcrs,
+        epoch: Some(epoch),
+        last_index,
+    }
 }
 
 /// Loads a runtime policy (Keylime's JSON).

@@ -186,7 +186,7 @@ mod processes {
             Some(file) => Some(crate::commands::demo::load_policy(file)?),
             None => None,
         };
-        let verifier = Verifier { ak_public, policy, stall_limit: 3 };
+        let verifier = Verifier { policy, ..Verifier::new(ak_public) };
         let client = CollectorClient::new(&format!("http://{address}")).map_err(|e| Failure::Usage(e.to_string()))?;
         let mut store = SqliteStore::open(&path("verifier.db")).map_err(|e| Failure::Usage(e.to_string()))?;
 

@@ -48,7 +48,12 @@ pub fn run(args: &VerifyArgs) -> Outcome {
         }
         None => None,
     };
-    let verifier = Verifier { ak_public: read_ak(&args.ak)?, policy, stall_limit: args.stall_limit };
+    let verifier = Verifier {
+        policy,
+        stall_limit: args.stall_limit,
+        max_round_records: args.max_round_records,
+        ..Verifier::new(read_ak(&args.ak)?)
+    };
     if let (Some(records), Some(quote)) = (&args.records, &args.quote) {
         return offline(args, &verifier, records, quote);
     }
