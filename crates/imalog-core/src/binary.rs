@@ -243,11 +243,7 @@ impl<R: BufRead> BinaryDecoder<R> {
                 ByteOrder::Little => ByteOrder::Big,
                 ByteOrder::Big => ByteOrder::Little,
             };
-            let hint = if other.u32(word) <= MAX_PCR_INDEX {
-                "; the list may have the other byte order (--input-endian)"
-            } else {
-                ""
-            };
+            let hint = if other.u32(word) <= MAX_PCR_INDEX { "; the list may have the other byte order" } else { "" };
             return Err(self.error(self.record_start, DecodeErrorKind::PcrOutOfRange { pcr: pcr as u64, hint }));
         }
         if found < 4 + digest_size {
@@ -389,11 +385,7 @@ impl<R: BufRead> BinaryDecoder<R> {
             if len > remaining - 4 {
                 return Err(self.error(
                     field_at,
-                    DecodeErrorKind::ImpossibleLength {
-                        item: "field length",
-                        value: len as u64,
-                        limit: (remaining - 4) as u64,
-                    },
+                    DecodeErrorKind::FieldOverrun { value: len as u64, left: (remaining - 4) as u64 },
                 ));
             }
             let bytes = &self.scratch[position + 4..position + 4 + len];

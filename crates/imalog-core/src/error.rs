@@ -59,6 +59,14 @@ pub enum DecodeErrorKind {
         /// Number of trailing bytes.
         count: u64,
     },
+    /// A field's length word runs past the end of its template data.
+    #[error("field length {value} runs past the template data, which has {left} byte(s) left for it")]
+    FieldOverrun {
+        /// The value read.
+        value: u64,
+        /// Bytes of template data after the length word.
+        left: u64,
+    },
     /// A length word beyond its limit.
     #[error("{item} {value} exceeds the limit of {limit}")]
     ImpossibleLength {

@@ -92,7 +92,14 @@ pub enum ReplayError {
     /// A PCR index beyond 63.
     #[error("PCR index {0} is out of range 0 to 63")]
     PcrOutOfRange(u32),
+    /// A starting index no list can reach.
+    #[error("starting record index {0} is beyond {MAX_START_INDEX}, the largest a list can reach")]
+    IndexOutOfRange(u64),
 }
+
+/// The largest starting index [`Replayer::new`] accepts (2^63). A list
+/// would need 2^63 more records to overflow the index from there.
+pub const MAX_START_INDEX: u64 = 1 << 63;
 
 /// Records that reproduce every expected PCR value, as a range of prefix
 /// lengths: every prefix from `first` to `last` records matches (records
@@ -223,6 +230,9 @@ impl Replayer {
                 return Err(ReplayError::UnsupportedBank(bank));
             }
             tracks.push(BankTrack { bank, values: Box::new([None; PCR_SLOTS]) });
+        }
+        if start.next_index > MAX_START_INDEX {
+            return Err(ReplayError::IndexOutOfRange(start.next_index));
         }
         for ((bank, pcr), value) in &start.values {
             if *pcr > MAX_PCR_INDEX {
@@ -501,6 +511,20 @@ mod tests {
         resumed.replay(&records[1]).unwrap();
         assert_eq!(resumed.state(), full.state());
         assert_eq!(resumed.next_index(), 2);
+    }
+
+    #[test]
+    fn replay_rejects_unreachable_start_index() {
+        let start = ReplayState { next_index: MAX_START_INDEX + 1, ..ReplayState::cold_boot() };
+        let error = Replayer::new(Bank::SHA1, &[], &start).err().expect("index beyond 2^63");
+        assert_eq!(
+            error.to_string(),
+            "starting record index 9223372036854775809 is beyond 9223372036854775808, the largest a list can reach"
+        );
+        let start = ReplayState { next_index: MAX_START_INDEX, ..ReplayState::cold_boot() };
+        let mut replayer = Replayer::new(Bank::SHA1, &[], &start).expect("2^63 is accepted");
+        replayer.replay(&record("/a", false)).unwrap();
+        assert_eq!(replayer.next_index(), MAX_START_INDEX + 1);
     }
 
     #[test]

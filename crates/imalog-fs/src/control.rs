@@ -19,13 +19,19 @@
 //! Two more requests exist only when the server was started with test hooks:
 //! `set_readers` (sets the reader count, to reach the overflow limit) and
 //! `fail_htable_allocation` (makes the next `D` fail with ENOMEM).
+//!
+//! A request line has at most [`MAX_REQUEST`] bytes of UTF-8. At most
+//! [`MAX_CLIENTS`] connections are served at once, and a connection that
+//! sends nothing for [`IDLE_TIMEOUT`] is closed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use imalog_kernel::measure::FileOutcome;
 use imalog_kernel::Appended;
@@ -33,6 +39,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::machine::Machine;
+
+/// Maximum length of a request line, newline included.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+/// Connections served at once; more are refused with an error line.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a connection may stay silent between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A control request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +112,14 @@ pub enum ControlError {
         /// What was wrong.
         message: String,
     },
+    /// The request cannot be sent as it is.
+    #[error("{path}: cannot send the request: {message}")]
+    Request {
+        /// The socket path.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
     /// The server refused the request.
     #[error("{0}")]
     Refused(String),
@@ -120,18 +141,42 @@ impl ControlServer {
         let listener = UnixListener::bind(path).map_err(socket_error)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_error)?;
         let socket_name = path.display().to_string();
+        let clients = Arc::new(AtomicUsize::new(0));
         thread::Builder::new()
             .name("imalog-control".into())
             .spawn(move || {
+                let mut last_warning: Option<Instant> = None;
                 for stream in listener.incoming() {
                     match stream {
                         Ok(stream) => {
+                            if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                                clients.fetch_sub(1, Ordering::AcqRel);
+                                tracing::warn!(socket = %socket_name, limit = MAX_CLIENTS, "control connection refused: too many open");
+                                refuse(stream);
+                                continue;
+                            }
                             let machine = Arc::clone(&machine);
-                            let _ = thread::Builder::new()
-                                .name("imalog-control-client".into())
-                                .spawn(move || serve(stream, &machine, test_hooks));
+                            let counter = Arc::clone(&clients);
+                            let spawned =
+                                thread::Builder::new().name("imalog-control-client".into()).spawn(move || {
+                                    serve(stream, &machine, test_hooks);
+                                    counter.fetch_sub(1, Ordering::AcqRel);
+                                });
+                            if let Err(error) = spawned {
+                                clients.fetch_sub(1, Ordering::AcqRel);
+                                tracing::warn!(socket = %socket_name, %error, "cannot start a control connection thread");
+                            }
                         }
-                        Err(error) => tracing::warn!(socket = %socket_name, %error, "control accept failed"),
+                        Err(error) => {
+                            // Out of file descriptors, accept fails at once
+                            // for as long as the connection waits: log once a
+                            // second at most, and pause before trying again.
+                            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                                tracing::warn!(socket = %socket_name, %error, "control accept failed");
+                                last_warning = Some(Instant::now());
+                            }
+                            thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
             })
@@ -147,17 +192,59 @@ impl Drop for ControlServer {
     }
 }
 
+/// Tells a connection over the limit why it is closed.
+fn refuse(mut stream: UnixStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let message = format!("the emulator already serves {MAX_CLIENTS} control connections; try again later");
+    let _ = writeln!(stream, "{}", json!({"ok": false, "error": message}));
+}
+
+/// One request line, or why there is none.
+enum Line {
+    Text(String),
+    End,
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one line of at most [`MAX_REQUEST`] bytes.
+fn read_request(reader: &mut impl BufRead) -> io::Result<Line> {
+    let mut bytes = Vec::new();
+    reader.take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut bytes)?;
+    if bytes.is_empty() {
+        return Ok(Line::End);
+    }
+    if bytes.len() > MAX_REQUEST {
+        return Ok(Line::TooLong);
+    }
+    Ok(String::from_utf8(bytes).map_or(Line::NotUtf8, Line::Text))
+}
+
 fn serve(stream: UnixStream, machine: &Machine, test_hooks: bool) {
     let Ok(mut writer) = stream.try_clone() else { return };
-    let reader = BufReader::new(stream);
-    for line in reader.lines() {
-        let Ok(line) = line else { return };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(&request, machine, test_hooks),
-            Err(error) => json!({"ok": false, "error": format!("invalid request: {error}")}),
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    loop {
+        let response = match read_request(&mut reader) {
+            Err(error) => {
+                tracing::debug!(%error, "control connection ended");
+                return;
+            }
+            Ok(Line::End) => return,
+            Ok(Line::TooLong) => {
+                tracing::warn!(limit = MAX_REQUEST, "control request too long; closing the connection");
+                let error = format!("invalid request: longer than {MAX_REQUEST} bytes; send fewer paths per request");
+                let _ = writeln!(writer, "{}", json!({"ok": false, "error": error}));
+                return;
+            }
+            Ok(Line::NotUtf8) => json!({"ok": false, "error": "invalid request: not UTF-8 text"}),
+            Ok(Line::Text(line)) if line.trim().is_empty() => continue,
+            Ok(Line::Text(line)) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => handle(&request, machine, test_hooks),
+                Err(error) => json!({"ok": false, "error": format!("invalid request: {error}")}),
+            },
         };
         let mut text = response.to_string();
         text.push('\n');
@@ -179,12 +266,18 @@ fn appended(outcome: Result<Appended, imalog_kernel::Errno>) -> Value {
 
 fn handle(request: &Request, machine: &Machine, test_hooks: bool) -> Value {
     let kernel = machine.kernel();
+    let max_pcr = imalog_core::binary::MAX_PCR_INDEX;
     match request {
+        Request::Measure { pcr: Some(pcr), .. } | Request::Buffer { pcr: Some(pcr), .. } if *pcr > max_pcr => {
+            json!({"ok": false, "error": format!("pcr {pcr} is out of range 0 to {max_pcr}")})
+        }
         Request::Measure { paths, pcr } => {
             let results: Vec<Value> = paths
                 .iter()
                 .map(|path| {
-                    let mut result = match kernel.measure_path(path, *pcr) {
+                    // Each path goes to the kernel running now: a kexec in
+                    // the middle of a request boots a new instance.
+                    let mut result = match machine.kernel().measure_path(path, *pcr) {
                         Ok(FileOutcome::Measured(done)) => appended(Ok(done)),
                         Ok(FileOutcome::Duplicate) => json!({"outcome": "duplicate"}),
                         Ok(FileOutcome::Suspended) => json!({"outcome": "suspended"}),
@@ -263,10 +356,18 @@ fn handle(request: &Request, machine: &Machine, test_hooks: bool) -> Value {
 /// Sends one request to the control socket at `path` and returns the
 /// response, or the server's refusal as an error.
 pub fn send(path: &Path, request: &Request) -> Result<Value, ControlError> {
+    use std::os::unix::fs::FileTypeExt;
     let socket_error = |source| ControlError::Socket { path: path.to_path_buf(), source };
-    let mut stream = UnixStream::connect(path).map_err(socket_error)?;
+    let metadata = std::fs::metadata(path).map_err(socket_error)?;
+    if !metadata.file_type().is_socket() {
+        return Err(ControlError::Request {
+            path: path.to_path_buf(),
+            message: "not a socket; give the --control path of a running imalog emulate".into(),
+        });
+    }
     let mut line = serde_json::to_string(request)
-        .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| ControlError::Request { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut stream = UnixStream::connect(path).map_err(socket_error)?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(socket_error)?;
     let mut response = String::new();
@@ -278,4 +379,109 @@ pub fn send(path: &Path, request: &Request) -> Result<Value, ControlError> {
         return Err(ControlError::Refused(message));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imalog_kernel::{Ima, KernelConfig};
+
+    /// Starts a control server over a kernel without a TPM.
+    fn server() -> (tempfile::TempDir, PathBuf, ControlServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = KernelConfig::default();
+        let ima = Ima::cold_boot(config.clone(), None).unwrap();
+        let path = dir.path().join("control.sock");
+        let server = ControlServer::start(&path, Arc::new(Machine::new(config, ima)), false).unwrap();
+        (dir, path, server)
+    }
+
+    /// Sends raw bytes and returns the response lines until the server
+    /// closes or `lines` arrived.
+    fn exchange(path: &Path, request: &[u8], lines: usize) -> Vec<String> {
+        let mut stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.write_all(request);
+        let mut reader = BufReader::new(stream);
+        let mut answers = Vec::new();
+        while answers.len() < lines {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            answers.push(line);
+        }
+        answers
+    }
+
+    #[test]
+    fn request_over_limit_is_refused_and_closed() {
+        let (_dir, path, _server) = server();
+        let mut request = vec![b'x'; MAX_REQUEST + 10];
+        request.push(b'\n');
+        let answers = exchange(&path, &request, 2);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        let reply: Value = serde_json::from_str(&answers[0]).unwrap();
+        assert_eq!(reply["error"], "invalid request: longer than 1048576 bytes; send fewer paths per request");
+    }
+
+    #[test]
+    fn request_not_utf8_is_refused() {
+        let (_dir, path, _server) = server();
+        let answers = exchange(&path, b"\xff\xfe\n{\"op\":\"status\"}\n", 2);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        let first: Value = serde_json::from_str(&answers[0]).unwrap();
+        assert_eq!(first, json!({"ok": false, "error": "invalid request: not UTF-8 text"}));
+        let second: Value = serde_json::from_str(&answers[1]).unwrap();
+        assert_eq!(second["ok"], true);
+    }
+
+    #[test]
+    fn request_pcr_beyond_63_is_refused() {
+        let (_dir, path, _server) = server();
+        let error = send(&path, &Request::Buffer { name: "b".into(), data: "00".into(), pcr: Some(64) }).unwrap_err();
+        assert_eq!(error.to_string(), "pcr 64 is out of range 0 to 63");
+        let error =
+            send(&path, &Request::Measure { paths: vec!["/etc/hostname".into()], pcr: Some(u32::MAX) }).unwrap_err();
+        assert_eq!(error.to_string(), "pcr 4294967295 is out of range 0 to 63");
+    }
+
+    #[test]
+    fn connections_over_limit_are_refused() {
+        let (_dir, path, _server) = server();
+        let held: Vec<UnixStream> = (0..MAX_CLIENTS).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        // The server counts a connection when it accepts it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refusal = loop {
+            let answers = exchange(&path, b"{\"op\":\"status\"}\n", 1);
+            let reply: Value = serde_json::from_str(&answers[0]).unwrap();
+            if reply["ok"] == false {
+                break reply;
+            }
+            assert!(Instant::now() < deadline, "no refusal with {MAX_CLIENTS} connections held");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(refusal["error"], "the emulator already serves 64 control connections; try again later");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while send(&path, &Request::Status).is_err() {
+            assert!(Instant::now() < deadline, "slots were not released");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn send_refuses_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let error = send(&file, &Request::Status).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}: cannot send the request: not a socket; give the --control path of a running imalog emulate",
+                file.display()
+            )
+        );
+    }
 }

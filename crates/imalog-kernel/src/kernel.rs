@@ -388,11 +388,19 @@ impl Ima {
         pcr: Option<u32>,
         event: &EventData<'_>,
     ) -> Result<Appended, Errno> {
+        let pcr = pcr.unwrap_or(self.config.default_pcr);
+        // The policy parser accepts PCRs 0 to 63 (a bit each in the inode's
+        // measured_pcrs), and no list reader takes a larger record.
+        if pcr > imalog_core::binary::MAX_PCR_INDEX {
+            return Err(Errno::Einval);
+        }
         if event.violation {
             self.violations.fetch_add(1, Ordering::Relaxed);
         }
-        let pcr = pcr.unwrap_or(self.config.default_pcr);
         let record = build_record(template, pcr, event, self.config.ima_hash, self.byte_order());
+        if record.data.template_data_len() > u64::from(imalog_core::binary::MAX_TEMPLATE_DATA_LEN) {
+            return Err(Errno::Einval);
+        }
         let entry = Entry::new(record, &self.slots, event.violation);
         self.append(entry, event.violation, false)
     }

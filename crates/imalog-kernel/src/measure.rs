@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,7 +47,16 @@ impl Ima {
         pcr: Option<u32>,
     ) -> Result<FileOutcome, KernelError> {
         let fail = |message: String| KernelError::File { path: path.display().to_string(), message };
-        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        if let Some(pcr) = pcr.filter(|p| *p > imalog_core::binary::MAX_PCR_INDEX) {
+            return Err(fail(format!("PCR {pcr} is out of range 0 to {}", imalog_core::binary::MAX_PCR_INDEX)));
+        }
+        // O_NONBLOCK makes opening a FIFO or a device return at once, so the
+        // type check below refuses it. Reads of a regular file ignore it.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| fail(format!("cannot open: {e}")))?;
         let metadata = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?;
         if !metadata.is_file() {
             return Err(fail("not a regular file".into()));

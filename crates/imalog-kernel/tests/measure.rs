@@ -201,3 +201,39 @@ fn measure_directory_is_an_error() {
     let error = ima.measure_path(folder.path(), None).unwrap_err();
     assert!(error.to_string().contains("not a regular file"), "{error}");
 }
+
+#[test]
+fn measure_fifo_is_refused_without_blocking() {
+    let folder = tempfile::tempdir().unwrap();
+    let fifo = folder.path().join("fifo");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let ima = kernel(KernelConfig::default());
+    // Without a writer, a blocking open of the FIFO would never return.
+    let error = ima.measure_path(&fifo, None).unwrap_err();
+    assert_eq!(error.to_string(), format!("{}: not a regular file", fifo.display()));
+}
+
+#[test]
+fn measure_pcr_beyond_63_is_einval() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("file");
+    fs::write(&file, b"content").unwrap();
+    let ima = kernel(KernelConfig::default());
+    let before = ima.counters();
+    let error = ima.measure_path(&file, Some(64)).unwrap_err();
+    assert_eq!(error.to_string(), format!("{}: PCR 64 is out of range 0 to 63", file.display()));
+    assert_eq!(ima.measure_buffer(b"kernel_version", b"7.2", Some(u32::MAX)), Err(imalog_kernel::Errno::Einval));
+    assert_eq!(ima.counters(), before);
+    assert!(matches!(ima.measure_path(&file, Some(23)), Ok(FileOutcome::Measured(Appended::Yes))));
+}
+
+#[test]
+fn measure_buffer_beyond_template_data_limit_is_einval() {
+    let ima = kernel(KernelConfig::default());
+    let before = ima.counters();
+    let limit = imalog_core::binary::MAX_TEMPLATE_DATA_LEN as usize;
+    assert_eq!(ima.measure_buffer(b"big", &vec![0u8; limit], None), Err(imalog_kernel::Errno::Einval));
+    assert_eq!(ima.counters(), before);
+    assert_eq!(ima.measure_buffer(b"small", &[0u8; 1024], None), Ok(Appended::Yes));
+}

@@ -291,7 +291,7 @@ impl Verifier {
                 Ok(false) => break,
                 Err(error) => {
                     return Err(Rejection::Records(format!(
-                        "history record {} (in this chunk: {error})",
+                        "history record {} ({error}; the record and offset count from index {from})",
                         from + error.record
                     )))
                 }

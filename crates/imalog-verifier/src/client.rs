@@ -261,31 +261,57 @@ impl CollectorClient {
 
 /// Reads a quote from the collector's JSON (`/v1/quote`, or a saved copy).
 pub fn quote_from_json(json: &serde_json::Value) -> Result<QuoteMaterial, String> {
+    let object = json.as_object().ok_or("expected a JSON object with attest, signature and pcrs")?;
     let bytes = |name: &str| -> Result<Vec<u8>, String> {
-        let text = json[name].as_str().ok_or_else(|| format!("{name} is missing"))?;
+        let text = match object.get(name) {
+            None => return Err(format!("{name} is missing")),
+            Some(value) => value.as_str().ok_or_else(|| format!("{name}: expected a string of hex"))?,
+        };
         imalog_core::hex::decode(text.as_bytes())
             .map_err(|e| format!("{name}: invalid hex at character {}", e.position))
     };
-    let mut pcrs = Vec::new();
-    if let Some(banks) = json["pcrs"].as_object() {
-        for (bank_name, values) in banks {
-            let bank: Bank = bank_name.parse().map_err(|e| format!("pcrs: {e}"))?;
-            for (pcr, value) in values.as_object().into_iter().flatten() {
-                let pcr: u32 = pcr.parse().map_err(|_| format!("pcrs: {bank_name}: PCR {pcr:?} is not a number"))?;
-                let value =
-                    value.as_str().and_then(Digest::from_hex).filter(|d| d.len() == bank.digest_size()).ok_or_else(
-                        || format!("pcrs: {bank_name}: PCR {pcr}: not {} bytes of hex", bank.digest_size()),
-                    )?;
-                pcrs.push((bank, pcr, value));
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match object.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => value.as_u64().map(Some).ok_or_else(|| format!("{name}: expected a whole number")),
+        }
+    };
+    let mut pcrs: Vec<(Bank, u32, Digest)> = Vec::new();
+    match object.get("pcrs") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(banks)) => {
+            for (bank_name, values) in banks {
+                let bank: Bank = bank_name.parse().map_err(|e| format!("pcrs: {e}"))?;
+                let values = values
+                    .as_object()
+                    .ok_or_else(|| format!("pcrs: {bank_name}: expected an object of PCR index to hex value"))?;
+                for (pcr, value) in values {
+                    let index =
+                        pcr.parse::<u32>().ok().filter(|p| *p < 24 && p.to_string() == *pcr).ok_or_else(|| {
+                            format!("pcrs: {bank_name}: {pcr:?} is not a PCR index 0 to 23 (decimal, no leading zero)")
+                        })?;
+                    let value = value
+                        .as_str()
+                        .and_then(Digest::from_hex)
+                        .filter(|d| d.len() == bank.digest_size())
+                        .ok_or_else(|| {
+                            format!("pcrs: {bank_name}: PCR {index}: not {} bytes of hex", bank.digest_size())
+                        })?;
+                    if pcrs.iter().any(|(b, p, _)| b.tpm_alg_id() == bank.tpm_alg_id() && *p == index) {
+                        return Err(format!("pcrs: PCR {index} appears twice for the algorithm of {bank_name}"));
+                    }
+                    pcrs.push((bank, index, value));
+                }
             }
         }
+        Some(_) => return Err("pcrs: expected an object of bank name to PCR values".into()),
     }
     Ok(QuoteMaterial {
         attest: bytes("attest")?,
         signature: bytes("signature")?,
         pcrs,
-        epoch: json["epoch"].as_u64(),
-        last_index: json["last_index"].as_u64(),
+        epoch: number("epoch")?,
+        last_index: number("last_index")?,
     })
 }
 
@@ -450,5 +476,55 @@ mod tests {
         assert!(error.to_string().ends_with("the request took longer than its time limit"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(3));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn quote_json_errors_are_named() {
+        let sha1 = "00".repeat(20);
+        let cases = [
+            (serde_json::json!([1]), "expected a JSON object with attest, signature and pcrs"),
+            (serde_json::json!({"signature": "00"}), "attest is missing"),
+            (serde_json::json!({"attest": 5, "signature": "00"}), "attest: expected a string of hex"),
+            (serde_json::json!({"attest": "0g", "signature": "00"}), "attest: invalid hex at character 1"),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "pcrs": []}),
+                "pcrs: expected an object of bank name to PCR values",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "pcrs": {"sha1": []}}),
+                "pcrs: sha1: expected an object of PCR index to hex value",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "pcrs": {"sha1": {"4294967296": sha1}}}),
+                "pcrs: sha1: \"4294967296\" is not a PCR index 0 to 23 (decimal, no leading zero)",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "pcrs": {"sha1": {"010": sha1}}}),
+                "pcrs: sha1: \"010\" is not a PCR index 0 to 23 (decimal, no leading zero)",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "pcrs": {"sha1": {"10": "00"}}}),
+                "pcrs: sha1: PCR 10: not 20 bytes of hex",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "last_index": "x"}),
+                "last_index: expected a whole number",
+            ),
+            (
+                serde_json::json!({"attest": "00", "signature": "00", "last_index": -1}),
+                "last_index: expected a whole number",
+            ),
+            (serde_json::json!({"attest": "00", "signature": "00", "epoch": 1e300}), "epoch: expected a whole number"),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(quote_from_json(&json).err().as_deref(), Some(expected), "{json}");
+        }
+        let good = serde_json::json!({"attest": "01", "signature": "02", "pcrs": {"sha1": {"10": sha1}}, "last_index": null, "epoch": 3});
+        let material = quote_from_json(&good).expect("valid quote JSON");
+        assert_eq!(
+            (material.attest, material.signature, material.last_index, material.epoch),
+            (vec![1], vec![2], None, Some(3))
+        );
+        assert_eq!(material.pcrs.len(), 1);
     }
 }

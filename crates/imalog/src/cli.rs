@@ -293,8 +293,8 @@ pub struct MeasureArgs {
     #[arg(long, value_name = "SOCKET")]
     pub control: PathBuf,
 
-    /// PCR to measure into [default: the kernel's, 10].
-    #[arg(long, value_name = "PCR")]
+    /// PCR to measure into, 0 to 63 [default: the kernel's, 10].
+    #[arg(long, value_name = "PCR", value_parser = clap::value_parser!(u32).range(0..=63))]
     pub pcr: Option<u32>,
 
     /// Measure a buffer (critical data) with this event name instead of files.
@@ -347,8 +347,9 @@ pub struct CollectArgs {
     pub tpm: Option<String>,
 
     /// File whose content identifies the running kernel instance; it must
-    /// change at every boot, kexec included.
-    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id", value_name = "FILE")]
+    /// change at every boot, kexec included. `none` goes without: the
+    /// collector then cannot tell a reboot from a kexec, and keeps one epoch.
+    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id", value_name = "FILE|none")]
     pub boot_id_file: PathBuf,
 
     /// Run one export round and exit.

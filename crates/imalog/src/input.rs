@@ -21,7 +21,11 @@ pub struct Input {
 impl Input {
     /// Turns a decoding error into a failure that names the input.
     pub fn decode_failure(&self, error: DecodeError) -> Failure {
-        Failure::Verification(format!("{}: {error}", self.name))
+        let flag = match &error.kind {
+            imalog_core::DecodeErrorKind::PcrOutOfRange { hint, .. } if !hint.is_empty() => " (--input-endian)",
+            _ => "",
+        };
+        Failure::Verification(format!("{}: {error}{flag}", self.name))
     }
 }
 
@@ -63,17 +67,47 @@ pub fn open_output(path: &Path) -> Outcome<(String, Box<dyn Write>)> {
     Ok((path.display().to_string(), Box::new(BufWriter::with_capacity(1 << 16, file))))
 }
 
+/// The largest PCR values or replay state file read.
+pub const MAX_SMALL_FILE: u64 = 1024 * 1024;
+/// The largest quote file read (a quote is a few KiB of JSON).
+pub const MAX_QUOTE_FILE: u64 = 1024 * 1024;
+/// The largest attestation key file read (a TPM2B_PUBLIC has at most
+/// a few hundred bytes, twice that in hex).
+pub const MAX_AK_FILE: u64 = 64 * 1024;
+
+/// Reads at most `limit` bytes from `reader`. More is an error, so a device
+/// such as /dev/zero given for a small file fails at once.
+pub fn read_small(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes, which is more than such a file holds"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a small UTF-8 file of at most `limit` bytes.
+pub fn read_small_text(path: &Path, limit: u64) -> io::Result<String> {
+    let bytes = read_small(File::open(path)?, limit)?;
+    String::from_utf8(bytes).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+    })
+}
+
 /// Reads a small text file named on the command line (`-` for stdin).
 pub fn read_text(path: &Path, what: &str) -> Outcome<(String, String)> {
-    let mut text = String::new();
     if path.as_os_str() == "-" {
-        io::stdin()
-            .read_to_string(&mut text)
+        let bytes = read_small(io::stdin().lock(), MAX_SMALL_FILE)
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+            })
             .map_err(|e| Failure::Usage(format!("standard input: cannot read {what}: {e}")))?;
-        return Ok(("standard input".to_string(), text));
+        return Ok(("standard input".to_string(), bytes));
     }
-    File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut text))
+    let text = read_small_text(path, MAX_SMALL_FILE)
         .map_err(|e| Failure::Usage(format!("{}: cannot read {what}: {e}", path.display())))?;
     Ok((path.display().to_string(), text))
 }

@@ -6,6 +6,23 @@
 //! pipe on standard output ends the program quietly with status 0, as other
 //! Unix filters do.
 
+/// Prints a line to standard output. A closed stdout does not panic (as
+/// `println!` does); filters that stream lists handle it themselves.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints a line to standard error, ignoring a closed stderr.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod inprocess;
@@ -59,7 +76,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("imalog: {failure}");
+            tell!("imalog: {failure}");
             ExitCode::from(failure.exit_code())
         }
     }
@@ -75,5 +92,22 @@ fn init_tracing(default_level: &str) {
         .and_then(|text| EnvFilter::try_new(text).ok())
         .unwrap_or_else(|| EnvFilter::new(default_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogSink).with_ansi(ansi).try_init();
+}
+
+/// Standard error for logs, dropping what cannot be written. A daemon whose
+/// log reader went away (a closed pipe) keeps running: tracing-subscriber
+/// reports a failed write with `eprintln!`, which panics on a closed stderr.
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

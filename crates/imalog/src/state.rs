@@ -29,6 +29,13 @@ struct StateFile {
 /// Parses a state file; the error names the bad entry.
 pub fn parse_state(text: &str) -> Result<ReplayState, String> {
     let file: StateFile = serde_json::from_str(text).map_err(|e| format!("invalid state file: {e}"))?;
+    if file.next_index > imalog_core::replay::MAX_START_INDEX {
+        return Err(format!(
+            "invalid state file: next_index {} is beyond {}, the largest index a list can reach",
+            file.next_index,
+            imalog_core::replay::MAX_START_INDEX
+        ));
+    }
     let mut state = ReplayState { next_index: file.next_index, values: BTreeMap::new() };
     for (bank_name, pcrs) in file.pcrs {
         let bank: Bank = bank_name.parse().map_err(|e| format!("invalid state file: {e}"))?;

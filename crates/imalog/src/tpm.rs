@@ -88,7 +88,7 @@ pub fn open_hardware_tpm(spec: &str, proxy_address: &str) -> Outcome<(Option<Box
     let tcti = proxy.tcti().ok_or_else(|| Failure::Usage("the TPM proxy has no TCP listener".into()))?;
     if let Some((server, control)) = proxy.tcp_addresses() {
         tracing::info!(%server, %control, tcti = %tcti, "TPM proxy listening; other TPM clients connect here");
-        println!("tpm-proxy {server} {tcti}");
+        say!("tpm-proxy {server} {tcti}");
     }
     let tpm = TssTpm::open(&tcti).map_err(|e| Failure::Usage(format!("--tpm {spec}: {e}")))?;
     tracing::info!(banks = %bank_names(&tpm.banks()), "extending swtpm through the proxy");

@@ -527,6 +527,22 @@ fn replay_state_short_value_exits_2() {
 }
 
 #[test]
+fn replay_state_index_beyond_range_exits_2() {
+    let dir = temp_dir();
+    let state = write_file(&dir, "state.json", r#"{"next_index": 18446744073709551615}"#);
+    let run = imalog(["replay", arg(&real("ibmtss/sha1.log")), "--from-state", arg(&state)]);
+    assert_usage_error(&run, "state index beyond range");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "imalog: {}: invalid state file: next_index 18446744073709551615 is beyond 9223372036854775808, \
+             the largest index a list can reach\n",
+            state.display()
+        )
+    );
+}
+
+#[test]
 fn replay_state_unknown_key_exits_2() {
     let dir = temp_dir();
     let state = write_file(&dir, "state.json", r#"{"next_index": 0, "extra": 1}"#);
@@ -1327,4 +1343,130 @@ fn verify_rejects_a_bad_key_file() {
     let run = imalog(["verify", "--collector", "http://127.0.0.1:9", "--ak", arg(&key), "--once"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains(&format!("--ak {}: not an attestation key", key.display())), "{}", run.stderr);
+}
+
+// ------------------------------------------------------------ small inputs
+
+/// Small inputs read from a device that never ends fail at once with the
+/// file named, instead of filling memory.
+#[test]
+fn endless_small_inputs_are_refused() {
+    let zero = "/dev/zero";
+    let run = imalog(["replay", arg(&real("ibmtss/sha1.log")), "--pcrs", zero]);
+    assert_usage_error(&run, "--pcrs /dev/zero");
+    assert_eq!(
+        run.stderr,
+        "imalog: /dev/zero: cannot read PCR values: larger than 1048576 bytes, which is more than such a file holds\n"
+    );
+    let run = imalog(["replay", arg(&real("ibmtss/sha1.log")), "--from-state", zero]);
+    assert_usage_error(&run, "--from-state /dev/zero");
+    assert!(run.stderr.starts_with("imalog: /dev/zero: cannot read the replay state: larger than"), "{}", run.stderr);
+    let run = imalog(["verify", "--records", zero, "--quote", zero, "--ak", zero]);
+    assert_usage_error(&run, "--ak /dev/zero");
+    assert_eq!(run.stderr, "imalog: --ak /dev/zero: larger than 65536 bytes, which is more than such a file holds\n");
+}
+
+#[test]
+fn verify_ak_bad_hex_names_the_character() {
+    let dir = temp_dir();
+    let ak = write_file(&dir, "ak.hex", "0058zz\n");
+    let run = imalog(["verify", "--records", "/dev/null", "--quote", "/dev/null", "--ak", arg(&ak)]);
+    assert_usage_error(&run, "--ak bad hex");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "imalog: --ak {}: not an attestation key (text with invalid hex at character 4); expected a \
+             TPM2B_PUBLIC in binary or hex, such as the ak_public of the collector's /v1/quote\n",
+            ak.display()
+        )
+    );
+}
+
+#[test]
+fn measure_argument_errors_exit_2() {
+    let dir = temp_dir();
+    let file = write_file(&dir, "file", "content");
+    let run = imalog(["measure", "--control", arg(&file), "--data", "00", arg(&file)]);
+    assert_usage_error(&run, "--data without --buffer");
+    assert_eq!(run.stderr, "imalog: --data needs --buffer NAME: it is a buffer's content\n");
+    let run = imalog(["measure", "--control", arg(&file), "--pcr", "64", arg(&file)]);
+    assert_usage_error(&run, "--pcr 64");
+    assert!(
+        run.stderr.starts_with("error: invalid value '64' for '--pcr <PCR>': 64 is not in 0..=63"),
+        "{}",
+        run.stderr
+    );
+    let run = imalog(["measure", "--control", arg(&file), arg(&file)]);
+    assert_usage_error(&run, "--control names a file");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "imalog: control: {}: cannot send the request: not a socket; give the --control path of a running \
+             imalog emulate\n",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn collect_unreadable_boot_id_file_exits_2() {
+    let dir = temp_dir();
+    let ima = dir.path().join("ima");
+    std::fs::create_dir(&ima).unwrap();
+    std::fs::write(ima.join("binary_runtime_measurements"), b"").unwrap();
+    let missing = dir.path().join("missing-boot-id");
+    let store = dir.path().join("store");
+    let run = imalog([
+        "collect",
+        "--securityfs",
+        arg(&ima),
+        "--store",
+        arg(&store),
+        "--once",
+        "--listen",
+        "none",
+        "--boot-id-file",
+        arg(&missing),
+    ]);
+    assert_usage_error(&run, "missing boot id file");
+    assert!(
+        run.stderr.ends_with(&format!(
+            "imalog: --boot-id-file {}: No such file or directory (os error 2); the collector needs it to tell a \
+             reboot from a kexec\n",
+            missing.display()
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn verify_argument_errors_exit_2() {
+    let offline = ["verify", "--records", "/dev/null", "--quote", "/dev/null", "--ak", "/dev/null"];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--nonce", ""], "imalog: --nonce: 0 bytes; expected 1 to 64 bytes of hex\n"),
+        (&["--nonce", "0"], "imalog: --nonce \"0\": invalid hex at character 0: expected pairs of 0-9 and a-f\n"),
+        (
+            &["--once"],
+            "imalog: --once applies to attesting through --collector; an offline bundle (--records with --quote) is \
+             checked once from a cold boot\n",
+        ),
+        (
+            &["--state", "x.db"],
+            "imalog: --state applies to attesting through --collector; an offline bundle (--records with --quote) is \
+             checked once from a cold boot\n",
+        ),
+        (&["--max-round-records", "0"], "imalog: --max-round-records must be at least 1\n"),
+    ];
+    for (extra, expected) in cases {
+        let run = imalog(offline.iter().chain(extra.iter()).copied().collect::<Vec<_>>());
+        assert_usage_error(&run, expected);
+        assert_eq!(run.stderr, expected);
+    }
+    let run = imalog(["verify", "--collector", "http://127.0.0.1:9", "--ak", "/dev/null", "--nonce", "00"]);
+    assert_usage_error(&run, "--nonce online");
+    assert_eq!(
+        run.stderr,
+        "imalog: --nonce applies to an offline bundle (--records with --quote); online rounds make their own\n"
+    );
 }

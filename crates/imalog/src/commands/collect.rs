@@ -30,18 +30,35 @@ pub fn run(args: &CollectArgs) -> Outcome {
         },
     };
     let store = Store::open(&args.store).map_err(|e| Failure::Usage(format!("store: {e}")))?;
-    tracing::info!(
-        securityfs = %fs.describe(),
-        store = %args.store.display(),
-        %flavor,
-        ?capability,
-        epoch = store.epoch(),
-        next_index = store.next_index(),
-        "collector starting"
-    );
+    let (described, epoch, next_index) = (fs.describe(), store.epoch(), store.next_index());
     let boot_id_file = args.boot_id_file.clone();
-    let boot_identity =
-        Box::new(move || std::fs::read_to_string(&boot_id_file).ok().map(|text| text.trim().to_string()));
+    let without_boot_id = boot_id_file.as_os_str() == "none";
+    if without_boot_id {
+        tracing::warn!("--boot-id-file none: a reboot cannot be told from a kexec; the history stays in one epoch");
+    }
+    (!without_boot_id).then(|| read_boot_id(&boot_id_file)).transpose().map_err(|e| {
+        Failure::Usage(format!(
+            "--boot-id-file {}: {e}; the collector needs it to tell a reboot from a kexec",
+            boot_id_file.display()
+        ))
+    })?;
+    let unreadable = AtomicBool::new(false);
+    let boot_identity = Box::new(move || match (!without_boot_id).then(|| read_boot_id(&boot_id_file))? {
+        Ok(id) => {
+            unreadable.store(false, Ordering::Relaxed);
+            Some(id)
+        }
+        Err(error) => {
+            if !unreadable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    file = %boot_id_file.display(),
+                    %error,
+                    "cannot read the boot identity; until it reads again, a reboot cannot be told from a kexec"
+                );
+            }
+            None
+        }
+    });
     let exporter = Exporter::new(fs, store, flavor, boot_identity).map_err(|e| Failure::Usage(e.to_string()))?;
     let quoter = match &args.tpm {
         Some(spec) => Some(crate::tpm::open_quoter(spec)?),
@@ -62,6 +79,15 @@ pub fn run(args: &CollectArgs) -> Outcome {
         ),
     };
 
+    tracing::info!(
+        securityfs = %described,
+        store = %args.store.display(),
+        %flavor,
+        ?capability,
+        epoch,
+        next_index,
+        "collector started"
+    );
     let mut failures = 0u32;
     loop {
         match collector.round() {
@@ -100,4 +126,17 @@ pub fn run(args: &CollectArgs) -> Outcome {
     let (epoch, next_index, _) = collector.status();
     tracing::info!(epoch, next_index, "collector stopped after a committed round");
     Ok(())
+}
+
+/// Reads a boot identity: at most 4 KiB of UTF-8 text, not empty once
+/// trimmed.
+fn read_boot_id(path: &std::path::Path) -> std::io::Result<String> {
+    let bytes = crate::input::read_small(std::fs::File::open(path)?, 4096)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty"));
+    }
+    Ok(id.to_string())
 }

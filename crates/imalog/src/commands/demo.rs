@@ -280,12 +280,13 @@ fn material(output: QuoteOutput, epoch: u64, last_index: Option<u64>) -> QuoteMa
 
 /// Loads a runtime policy (Keylime's JSON).
 pub fn load_policy(path: &Path) -> Outcome<Policy> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-    Policy::from_keylime_json(&text).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("--policy {}: {e}", path.display())))?;
+    Policy::from_keylime_json(&text).map_err(|e| Failure::Usage(format!("--policy {}: {e}", path.display())))
 }
 
 fn summary(tally: &Tally, work: &WorkDirectory) -> Outcome {
-    println!(
+    say!(
         "demo: {} rounds, {} attestations passed, {} failed; {} files measured ({} unchanged re-measurements refused), \
          {} kexec(s)",
         tally.round, tally.passed, tally.failed, tally.measured, tally.duplicates, tally.kexecs
@@ -294,14 +295,14 @@ fn summary(tally: &Tally, work: &WorkDirectory) -> Outcome {
         0 => "no record verified".to_string(),
         count => format!("records 0 to {} verified", count - 1),
     };
-    println!(
+    say!(
         "demo: {} records stored by the collector, {} still in the kernel; {verified}, {} pending, {} not certified",
         tally.stored,
         tally.resident,
         tally.pending,
         tally.stored.saturating_sub(tally.verified + tally.pending)
     );
-    println!("demo: store and verifier state in {}", work.root.display());
+    say!("demo: store and verifier state in {}", work.root.display());
     if tally.failed > 0 {
         return Err(Failure::Verification(format!("{} attestation round(s) failed", tally.failed)));
     }
@@ -382,15 +383,15 @@ impl Display {
 
     fn message(&mut self, text: &str) {
         if self.drawn {
-            println!();
+            say!();
             self.drawn = false;
         }
-        eprintln!("imalog: {text}");
+        tell!("imalog: {text}");
     }
 
     fn finish(&mut self) {
         if self.drawn {
-            println!();
+            say!();
             self.drawn = false;
         }
     }

@@ -208,24 +208,26 @@ mod processes {
             match attest_once(&verifier, &mut store, &client, "demo") {
                 Ok(Verdict::Passed(result)) => {
                     passed += 1;
-                    println!(
+                    say!(
                         "round {round}/{} | verified {} | pending {} | attestation ok",
-                        args.rounds, result.certified_to, result.pending
+                        args.rounds,
+                        result.certified_to,
+                        result.pending
                     );
                 }
                 Ok(Verdict::Failed(rejection)) => {
                     failed += 1;
-                    println!("round {round}/{} | attestation FAILED: {rejection}", args.rounds);
+                    say!("round {round}/{} | attestation FAILED: {rejection}", args.rounds);
                 }
                 Err(error) => {
                     failed += 1;
-                    println!("round {round}/{} | no verdict: {error}", args.rounds);
+                    say!("round {round}/{} | no verdict: {error}", args.rounds);
                 }
             }
         }
         drop(collect);
         drop(emulate);
-        println!(
+        say!(
             "demo: {} rounds over FUSE and swtpm, {passed} passed, {failed} failed; logs in {}",
             args.rounds,
             work.display()

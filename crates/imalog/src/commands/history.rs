@@ -44,7 +44,7 @@ pub fn run(args: &HistoryArgs) -> Outcome {
     let (output_name, mut output) = open_output(&args.output)?;
     let end = store.write_records(args.from, &mut output).map_err(|e| Failure::Usage(e.to_string()))?;
     output.flush().map_err(|e| Failure::write(e, &output_name))?;
-    eprintln!(
+    tell!(
         "imalog: wrote records {} to {} of epoch {} ({} byte order) to {output_name}",
         args.from,
         end.saturating_sub(1),

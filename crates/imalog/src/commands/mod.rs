@@ -52,7 +52,7 @@ pub fn for_each_record(
 pub fn warn_short_lines(input: &Input) {
     let count = input.reader.short_lines();
     if count > 0 {
-        eprintln!(
+        tell!(
             "imalog: warning: {}: {count} line(s) lacked the separating space of an empty last field \
              (such as a missing signature); the field was read as empty",
             input.name

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imalog_core::ByteOrder;
-use imalog_verifier::attest::Verifier;
+use imalog_verifier::attest::{Rejection, Verifier};
 use imalog_verifier::client::{quote_from_json, CollectorClient};
 use imalog_verifier::online::{attest_once, Verdict};
 use imalog_verifier::state::{MachineState, SqliteStore, StateError, StateStore};
@@ -19,14 +19,26 @@ use crate::outcome::{Failure, Outcome};
 /// Reads an attestation key file (binary TPM2B_PUBLIC, or the same in hex)
 /// and checks that it parses, so that a bad file fails before any round.
 pub fn read_ak(path: &Path) -> Outcome<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::Usage(format!("--ak {}: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let trimmed = text.trim();
-    let key = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
-        imalog_core::hex::decode(trimmed.as_bytes())
-            .map_err(|e| Failure::Usage(format!("--ak {}: invalid hex at character {}", path.display(), e.position)))?
-    } else {
-        bytes
+    let bytes = std::fs::File::open(path)
+        .and_then(|file| crate::input::read_small(file, crate::input::MAX_AK_FILE))
+        .map_err(|e| Failure::Usage(format!("--ak {}: {e}", path.display())))?;
+    // A binary TPM2B_PUBLIC starts with its 2-byte big-endian size, a few
+    // hundred bytes (under 8 KiB), so its first byte is a control character
+    // below 0x20. A file of printable text is therefore taken for hex.
+    let text = std::str::from_utf8(&bytes)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace()));
+    let key = match text {
+        Some(hex) => imalog_core::hex::decode(hex.as_bytes()).map_err(|e| {
+            Failure::Usage(format!(
+                "--ak {}: not an attestation key (text with invalid hex at character {}); expected a TPM2B_PUBLIC \
+                 in binary or hex, such as the ak_public of the collector's /v1/quote",
+                path.display(),
+                e.position
+            ))
+        })?,
+        None => bytes,
     };
     imalog_tpm::AkPublic::parse(&key).map_err(|e| {
         Failure::Usage(format!(
@@ -40,6 +52,25 @@ pub fn read_ak(path: &Path) -> Outcome<Vec<u8>> {
 
 /// Runs `imalog verify`.
 pub fn run(args: &VerifyArgs) -> Outcome {
+    let offline_bundle = args.records.is_some() && args.quote.is_some();
+    if offline_bundle {
+        let online_only =
+            [("--state", args.state.is_some()), ("--once", args.once), ("--machine", args.machine.is_some())];
+        if let Some((flag, _)) = online_only.iter().find(|(_, given)| *given) {
+            return Err(Failure::Usage(format!(
+                "{flag} applies to attesting through --collector; an offline bundle (--records with --quote) is \
+                 checked once from a cold boot"
+            )));
+        }
+    } else if args.nonce.is_some() {
+        return Err(Failure::Usage(
+            "--nonce applies to an offline bundle (--records with --quote); online rounds make their own".into(),
+        ));
+    }
+    if args.max_round_records == 0 {
+        return Err(Failure::Usage("--max-round-records must be at least 1".into()));
+    }
+    let nonce = args.nonce.as_deref().map(parse_nonce).transpose()?;
     let policy = match &args.policy {
         Some(path) => {
             let mut policy = load_policy(path)?;
@@ -55,7 +86,7 @@ pub fn run(args: &VerifyArgs) -> Outcome {
         ..Verifier::new(read_ak(&args.ak)?)
     };
     if let (Some(records), Some(quote)) = (&args.records, &args.quote) {
-        return offline(args, &verifier, records, quote);
+        return offline(args, &verifier, records, quote, nonce);
     }
     let Some(url) = &args.collector else {
         return Err(Failure::Usage("give --collector URL, or --records FILE with --quote FILE".into()));
@@ -74,7 +105,7 @@ pub fn run(args: &VerifyArgs) -> Outcome {
         let started = Instant::now();
         match attest_once(&verifier, store.as_mut(), &client, &machine) {
             Ok(Verdict::Passed(result)) => {
-                println!(
+                say!(
                     "{machine}: passed: {}, {} pending{}",
                     certified(result.certified_from, result.certified_to),
                     result.pending,
@@ -83,11 +114,11 @@ pub fn run(args: &VerifyArgs) -> Outcome {
             }
             Ok(Verdict::Failed(rejection)) => {
                 failed_rounds += 1;
-                println!("{machine}: FAILED: {rejection}");
+                say!("{machine}: FAILED: {rejection}");
             }
             Err(error) => {
                 failed_rounds += 1;
-                println!("{machine}: no verdict: {error}");
+                say!("{machine}: no verdict: {error}");
             }
         }
         if args.once || stop.load(Ordering::Relaxed) {
@@ -110,10 +141,11 @@ pub fn run(args: &VerifyArgs) -> Outcome {
 /// Opens `--state`: a PostgreSQL URL, a SQLite file, or SQLite in memory
 /// when the option is absent.
 fn open_store(state: Option<&Path>) -> Outcome<Box<dyn StateStore>> {
-    let usage = |e: StateError| Failure::Usage(format!("--state: {e}"));
     let Some(path) = state else {
+        let usage = |e: StateError| Failure::Usage(format!("in-memory state: {e}"));
         return Ok(Box::new(SqliteStore::in_memory().map_err(usage)?));
     };
+    let usage = |e: StateError| Failure::Usage(format!("--state {}: {e}", path.display()));
     match path.to_str() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => open_postgres(url),
         _ => Ok(Box::new(SqliteStore::open(path).map_err(usage)?)),
@@ -138,17 +170,19 @@ fn open_postgres(_url: &str) -> Outcome<Box<dyn StateStore>> {
 
 /// Checks one bundle from a cold boot: the quote with the key (and nonce
 /// when given), then the history against it.
-fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path) -> Outcome {
-    let text = std::fs::read_to_string(quote).map_err(|e| Failure::Usage(format!("{}: {e}", quote.display())))?;
+fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path, nonce: Option<Vec<u8>>) -> Outcome {
+    let text = crate::input::read_small_text(quote, crate::input::MAX_QUOTE_FILE)
+        .map_err(|e| Failure::Usage(format!("--quote {}: {e}", quote.display())))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Failure::Usage(format!("{}: invalid JSON: {e}", quote.display())))?;
-    let material = quote_from_json(&json).map_err(|e| Failure::Usage(format!("{}: {e}", quote.display())))?;
-    let nonce = match &args.nonce {
-        Some(hex) => {
-            imalog_core::hex::decode(hex.as_bytes()).map_err(|_| Failure::Usage("--nonce: invalid hex".into()))?
-        }
+    let mut material = quote_from_json(&json).map_err(|e| Failure::Usage(format!("{}: {e}", quote.display())))?;
+    // An offline bundle is checked whole: every record of the file is
+    // decoded and counted, whatever last_index the quote file names.
+    material.last_index = None;
+    let nonce = match nonce {
+        Some(nonce) => nonce,
         None => {
-            eprintln!(
+            tell!(
                 "imalog: warning: no --nonce given, so the quote's nonce is not checked: the bundle proves the \
                  history, not that the quote is fresh"
             );
@@ -166,10 +200,15 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
         Some(order) => order,
         None => detect_byte_order(&mut file).map_err(|e| Failure::Usage(format!("{}: {e}", records.display())))?,
     };
-    let result = verifier
-        .replay_round(&start, &info, &material, file, byte_order, rebooted)
-        .map_err(|e| Failure::Verification(format!("{}: {e}", records.display())))?;
-    println!(
+    let result = verifier.replay_round(&start, &info, &material, file, byte_order, rebooted).map_err(|e| {
+        // The reported PCR values come from the quote file, not the records.
+        let file = match e {
+            Rejection::PcrValues | Rejection::MissingPcrValue { .. } | Rejection::Quote(_) => quote,
+            _ => records,
+        };
+        Failure::Verification(format!("{}: {e}", file.display()))
+    })?;
+    say!(
         "verified: {}, reproducing the quote (resetCount {}, clock {} ms); {} later records are not covered",
         certified(result.certified_from, result.certified_to),
         info.reset_count,
@@ -177,6 +216,20 @@ fn offline(args: &VerifyArgs, verifier: &Verifier, records: &Path, quote: &Path)
         result.pending
     );
     Ok(())
+}
+
+/// Parses `--nonce`: 1 to 64 bytes of hex, as the collector accepts.
+fn parse_nonce(hex: &str) -> Outcome<Vec<u8>> {
+    let nonce = imalog_core::hex::decode(hex.as_bytes()).map_err(|e| {
+        Failure::Usage(format!(
+            "--nonce {hex:?}: invalid hex at character {}: expected pairs of 0-9 and a-f",
+            e.position
+        ))
+    })?;
+    if nonce.is_empty() || nonce.len() > 64 {
+        return Err(Failure::Usage(format!("--nonce: {} bytes; expected 1 to 64 bytes of hex", nonce.len())));
+    }
+    Ok(nonce)
 }
 
 /// Detects the byte order of a binary list from its first record's PCR
