@@ -534,6 +534,28 @@ fn measure_sample(emulator: &Emulator) {
 }
 
 #[test]
+fn measure_reports_each_outcome() {
+    if !fuse_available() {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let control = emulator.control();
+    let folder = emulator.scratch("a folder");
+    fs::create_dir_all(&folder).expect("create a folder");
+    let run = common::imalog(["measure", "--control", arg(&control), arg(&folder)]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!("imalog: {}: not a regular file\nimalog: 1 measurement(s) failed\n", folder.display())
+    );
+
+    let run = common::imalog(["measure", "--control", arg(&control), "--violation", "/tmp/new\nline"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout_text(), "violation /tmp/new\\nline\n");
+    assert_eq!(read_text(&emulator.ima("violations")), "1\n");
+}
+
+#[test]
 fn mount_matches_core_rendering() {
     if !fuse_available() {
         return;

@@ -39,6 +39,9 @@ pub fn measure(args: &MeasureArgs) -> Outcome {
         let subject = subject.escape_debug();
         if let Some(error) = result["error"].as_str() {
             failed += 1;
+            // File errors from the kernel model already start with the path.
+            let raw = result["path"].as_str().unwrap_or_default();
+            let error = error.strip_prefix(raw).and_then(|rest| rest.strip_prefix(": ")).unwrap_or(error);
             tell!("imalog: {subject}: {error}");
         } else if result["tpm_error"] == Value::Bool(true) {
             failed += 1;
