@@ -110,6 +110,14 @@ pub enum ExportError {
         /// The decoding error.
         message: String,
     },
+    /// The kernel's list no longer matches the stored history.
+    #[error("{file}: {message}")]
+    Diverged {
+        /// The list file.
+        file: String,
+        /// What differs.
+        message: String,
+    },
     /// The store failed; the kernel keeps the records.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -341,6 +349,7 @@ impl Exporter {
         self.store.set_meta(order, self.store.meta().boot_identity.clone())?;
         let first_index = self.store.next_index();
         let pending = Pending { first_index, count, payload };
+        warn_if_partial(&pending, order);
         self.store.write_pending(&pending)?;
         faults::check(Point::AfterStore, || {});
         match staged.command("D") {
@@ -493,6 +502,7 @@ impl Exporter {
         self.store.set_meta(order, self.store.meta().boot_identity.clone())?;
         let first_index = self.store.next_index();
         let pending = Pending { first_index, count, payload };
+        warn_if_partial(&pending, order);
         self.store.write_pending(&pending)?;
         faults::check(Point::AfterStore, || {});
         match original.command(&count.to_string()) {
@@ -516,6 +526,27 @@ impl Exporter {
     }
 
     fn round_read_only(&mut self, report: &mut RoundReport) -> Result<(), ExportError> {
+        // A pending chunk left by an interrupted commit holds the records
+        // that follow the stored ones: commit it. One behind is committed
+        // already.
+        for pending in self.store.pending()? {
+            let first_index = pending.first_index;
+            if first_index == self.store.next_index() {
+                tracing::info!(
+                    first_index,
+                    count = pending.count,
+                    "committing a pending chunk left by an interrupted round"
+                );
+                self.store.commit(first_index, pending.count, &pending.payload)?;
+                report.committed += pending.count;
+            } else if first_index > self.store.next_index() {
+                return Err(ExportError::Store(StoreError::Gap {
+                    expected: self.store.next_index(),
+                    found: first_index,
+                }));
+            }
+            self.store.remove_pending(first_index)?;
+        }
         let mut reader = self.open_with_retry(BINARY_LIST, false)?;
         let payload = reader.read_all().map_err(fs_error(BINARY_LIST))?;
         drop(reader);
@@ -523,25 +554,56 @@ impl Exporter {
         let (total, order) = decode_chunk(BINARY_LIST, &payload, self.store.known_byte_order())?;
         let stored = self.store.next_index();
         if total < stored {
-            tracing::error!(
-                kernel_records = total,
-                stored,
-                "the kernel list is shorter than the stored history; was it deleted by another process?"
-            );
-            return Ok(());
+            return Err(ExportError::Diverged {
+                file: BINARY_LIST.to_string(),
+                message: format!(
+                    "the kernel's list has {total} records, fewer than the {stored} stored; another process \
+                     deleted records, which a read-only collector cannot account for"
+                ),
+            });
         }
+        self.check_stored_prefix(&payload, order)?;
         if total == stored {
             return Ok(());
         }
         let skip = prefix_bytes(&payload, stored, order).map(|p| p.len()).unwrap_or(0);
         self.store.set_meta(order, self.store.meta().boot_identity.clone())?;
         let chunk = Pending { first_index: stored, count: total - stored, payload: payload[skip..].to_vec() };
+        warn_if_partial(&chunk, order);
         self.commit_direct(chunk, report)
     }
 
-    /// Commits records that stay in the kernel: no pending step is needed.
+    /// Checks that the kernel's list still begins with the stored history,
+    /// by comparing the last stored chunk with the same records of the
+    /// list: a read-only collector deletes nothing, so a difference means
+    /// another process deleted or replaced records.
+    fn check_stored_prefix(&self, payload: &[u8], order: ByteOrder) -> Result<(), ExportError> {
+        let Some(first) = self.store.last_chunk_start() else { return Ok(()) };
+        let stored = self.store.next_index();
+        let mut expected = Vec::new();
+        self.store.write_records(first, &mut expected)?;
+        let start = prefix_bytes(payload, first, order).map(<[u8]>::len);
+        let end = prefix_bytes(payload, stored, order).map(<[u8]>::len);
+        let matches = matches!((start, end), (Some(a), Some(b)) if payload[a..b] == expected[..]);
+        if !matches {
+            return Err(ExportError::Diverged {
+                file: BINARY_LIST.to_string(),
+                message: format!(
+                    "records {first} to {} of the kernel's list differ from the stored ones; another process \
+                     deleted or replaced records, which a read-only collector cannot account for",
+                    stored - 1
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits records that stay in the kernel. The pending copy written
+    /// first is what lets the store tell an interrupted append from damage.
     fn commit_direct(&mut self, chunk: Pending, report: &mut RoundReport) -> Result<(), ExportError> {
+        self.store.write_pending(&chunk)?;
         self.store.commit(chunk.first_index, chunk.count, &chunk.payload)?;
+        self.store.remove_pending(chunk.first_index)?;
         report.committed += chunk.count;
         tracing::info!(first_index = chunk.first_index, count = chunk.count, "records copied (read-only)");
         Ok(())
@@ -562,6 +624,21 @@ fn command_error(file: &str, command: &str, result: CommandResult) -> ExportErro
 }
 
 /// Whether the first record of a SHA-1 binary list is a `boot_aggregate`.
+/// Warns when the first chunk of an epoch does not start with
+/// `boot_aggregate`: records of this boot were deleted before the collector
+/// first ran, so the history it numbers from 0 lacks them and cannot be
+/// replayed from a cold boot.
+fn warn_if_partial(chunk: &Pending, order: ByteOrder) {
+    if chunk.first_index == 0 && !starts_with_boot_aggregate(&chunk.payload, order) {
+        tracing::warn!(
+            count = chunk.count,
+            "the kernel's list does not start with boot_aggregate: records of this boot were exported or deleted \
+             before this collector first ran; the history numbers the first record present as 0 and cannot be \
+             replayed from a cold boot"
+        );
+    }
+}
+
 fn starts_with_boot_aggregate(list: &[u8], order: ByteOrder) -> bool {
     let layout = imalog_core::BinaryLayout { digest_size: 20, byte_order: order };
     let mut decoder = imalog_core::BinaryDecoder::new(list, layout);

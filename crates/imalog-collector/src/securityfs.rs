@@ -102,6 +102,11 @@ impl ListBackend for Directory {
     }
 
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn ListIo>> {
+        // List files are regular files; opening a FIFO or a device put in
+        // their place would block or never end.
+        if !std::fs::metadata(self.dir.join(name))?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
         let file = OpenOptions::new().read(true).write(write).open(self.dir.join(name))?;
         Ok(Box::new(DirectoryFile { file }))
     }
@@ -119,7 +124,16 @@ impl ListIo for DirectoryFile {
         loop {
             match self.file.read(&mut buffer) {
                 Ok(0) => return Ok(bytes),
-                Ok(read) => bytes.extend_from_slice(&buffer[..read]),
+                Ok(read) => {
+                    // An allocation failure is an error here, not an abort.
+                    bytes.try_reserve(read).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::OutOfMemory,
+                            format!("the list does not fit in memory after {} bytes", bytes.len()),
+                        )
+                    })?;
+                    bytes.extend_from_slice(&buffer[..read]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }

@@ -27,8 +27,8 @@
 //! A frame is appended and synced before the chunk's pending file is
 //! removed, so a crash at any point leaves either a whole frame, or a torn
 //! last frame whose chunk still has its pending file. Opening the store cuts
-//! a torn last frame off; a bad frame anywhere else is corruption, and the
-//! store refuses to open. Pending files use the same frame layout with the
+//! a bad last frame off only when that pending file exists; any other bad
+//! frame is corruption, and the store refuses to open. Pending files use the same frame layout with the
 //! magic "PEND" and are written to a temporary name, synced and renamed.
 
 use std::fs::{self, File, OpenOptions};
@@ -47,6 +47,10 @@ const FRAME_HEADER: usize = 32;
 /// Segments are closed and a new one started past this size. A chunk is
 /// never split, so a segment can exceed it by one chunk.
 pub const SEGMENT_LIMIT: u64 = 64 << 20;
+
+/// The reason a damaged pending chunk stops the collector.
+const DAMAGED_PENDING: &str = "damaged pending chunk: the kernel may have deleted its records already, so the \
+     collector stops; recover the records from the file if you can, then move it out of the pending folder";
 
 /// Largest chunk payload accepted when reading frames back: 4 GiB bounds a
 /// corrupt length, and no export comes close.
@@ -344,8 +348,27 @@ impl Store {
         let dir = root.join("epochs").join(epoch.to_string());
         fs::create_dir_all(dir.join("pending")).map_err(io_error(&dir))?;
         let meta_path = dir.join("meta.json");
+        if !meta_path.exists() && Self::is_unused_epoch(&dir)? {
+            // The epoch's creation stopped before meta.json was in place
+            // (a crash or a full disk): finish it.
+            tracing::warn!(epoch = %dir.display(), "finishing an epoch whose creation was interrupted");
+            write_meta(&dir, &Meta { epoch, byte_order: None, boot_identity: None })?;
+        }
+        require_file(&meta_path)?;
         let meta: Meta = serde_json::from_slice(&fs::read(&meta_path).map_err(io_error(&meta_path))?)
             .map_err(|e| StoreError::Meta { path: meta_path.clone(), message: e.to_string() })?;
+        if let Some(order) = meta.byte_order.as_deref().filter(|o| o.parse::<ByteOrder>().is_err()) {
+            return Err(StoreError::Meta {
+                path: meta_path,
+                message: format!("byte_order {order:?}: expected \"le\" or \"be\""),
+            });
+        }
+        if meta.epoch != epoch {
+            return Err(StoreError::Meta {
+                path: meta_path,
+                message: format!("epoch {} does not match its folder, epochs/{epoch}", meta.epoch),
+            });
+        }
         let mut segments: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(io_error(&dir))?
             .filter_map(|entry| {
@@ -355,14 +378,32 @@ impl Store {
             })
             .collect();
         segments.sort();
+        for segment in &segments {
+            require_file(segment)?;
+        }
         let mut store =
             Store { root: root.to_path_buf(), dir, _lock: lock, meta, segments, chunks: Vec::new(), next_index: 0 };
         store.scan()?;
         Ok(store)
     }
 
+    /// Whether an epoch folder holds no segment and no pending chunk.
+    fn is_unused_epoch(dir: &Path) -> Result<bool, StoreError> {
+        let has_segment = fs::read_dir(dir)
+            .map_err(io_error(dir))?
+            .filter_map(|entry| entry.ok())
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("seg-"));
+        let pending = dir.join("pending");
+        let has_pending = fs::read_dir(&pending)
+            .map_err(io_error(&pending))?
+            .filter_map(|entry| entry.ok())
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("chunk-"));
+        Ok(!has_segment && !has_pending)
+    }
+
     /// Reads every frame header, checks checksums and continuity, and cuts
-    /// a torn last frame off the last segment.
+    /// a torn last frame off the last segment when its pending chunk
+    /// remains.
     fn scan(&mut self) -> Result<(), StoreError> {
         let last_segment = self.segments.len().saturating_sub(1);
         for (segment, path) in self.segments.clone().iter().enumerate() {
@@ -390,15 +431,24 @@ impl Store {
                             payload_offset: offset + FRAME_HEADER as u64,
                             payload_len: header.payload_len,
                         });
-                        self.next_index += header.count;
+                        self.next_index =
+                            self.next_index.checked_add(header.count).ok_or_else(|| StoreError::Corrupt {
+                                path: path.clone(),
+                                offset,
+                                message: format!("record count {} overflows the record index", header.count),
+                            })?;
                         offset += FRAME_HEADER as u64 + header.payload_len + 4;
                     }
-                    Err(reason) if segment == last_segment && is_torn_tail(path, offset)? => {
+                    Err(reason) if segment == last_segment && self.pending_path(self.next_index).is_file() => {
+                        // Only a commit interrupted before its sync leaves a
+                        // bad last frame, and its pending file is removed
+                        // only after that sync: the chunk is still there.
                         tracing::warn!(
                             segment = %path.display(),
                             offset,
                             reason,
-                            "cutting off a torn last frame left by an interrupted write"
+                            pending = %self.pending_path(self.next_index).display(),
+                            "cutting off a torn last frame left by an interrupted write; its pending chunk remains"
                         );
                         let writer = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
                         writer.set_len(offset).map_err(io_error(path))?;
@@ -406,7 +456,16 @@ impl Store {
                         break;
                     }
                     Err(reason) => {
-                        return Err(StoreError::Corrupt { path: path.clone(), offset, message: reason });
+                        let message = if segment == last_segment {
+                            format!(
+                                "{reason}; no pending chunk covers record {}, so this is damage, not an \
+                                 interrupted write",
+                                self.next_index
+                            )
+                        } else {
+                            reason
+                        };
+                        return Err(StoreError::Corrupt { path: path.clone(), offset, message });
                     }
                 }
             }
@@ -442,6 +501,11 @@ impl Store {
     /// Absolute index of the next record to store.
     pub fn next_index(&self) -> u64 {
         self.next_index
+    }
+
+    /// Returns the first index of the last committed chunk.
+    pub fn last_chunk_start(&self) -> Option<u64> {
+        self.chunks.last().map(|chunk| chunk.first_index)
     }
 
     /// Number of committed chunks.
@@ -558,17 +622,24 @@ impl Store {
                 fs::remove_file(&path).map_err(io_error(&path))?;
                 continue;
             }
+            require_file(&path)?;
             let mut file = File::open(&path).map_err(io_error(&path))?;
             match read_frame(&mut file, PENDING_MAGIC).map_err(io_error(&path))? {
                 Ok(Some((header, payload))) => {
                     chunks.push(Pending { first_index: header.first_index, count: header.count, payload })
                 }
-                Ok(None) | Err(_) => {
+                Ok(None) => {
+                    return Err(StoreError::Corrupt { path, offset: 0, message: DAMAGED_PENDING.into() });
+                }
+                Err(reason) => {
                     // Renamed into place only after a sync, so this cannot
-                    // come from a crash; keep it aside for inspection.
-                    let aside = path.with_extension("damaged");
-                    tracing::error!(file = %path.display(), "pending chunk is damaged; moved aside");
-                    fs::rename(&path, &aside).map_err(io_error(&path))?;
+                    // come from a crash, and the kernel may have deleted
+                    // its records already: stop rather than lose them.
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: 0,
+                        message: format!("{reason}; {DAMAGED_PENDING}"),
+                    });
                 }
             }
         }
@@ -638,30 +709,14 @@ fn record_offset(payload: impl io::BufRead, skip: u64, order: ByteOrder) -> Resu
     Ok(decoder.offset())
 }
 
-/// Whether the damaged frame at `offset` is the torn end of an interrupted
-/// append: its header is cut off by the end of the file, or the frame it
-/// announces reaches the end of the file. A damaged frame with data after
-/// its announced end is corruption.
-fn is_torn_tail(path: &Path, offset: u64) -> Result<bool, StoreError> {
-    let len = fs::metadata(path).map_err(io_error(path))?.len();
-    if len - offset < FRAME_HEADER as u64 {
-        return Ok(true);
+/// Fails unless `path` is a regular file: a FIFO or a device in the store
+/// would block a read or never end.
+fn require_file(path: &Path) -> Result<(), StoreError> {
+    let metadata = fs::symlink_metadata(path).map_err(io_error(path))?;
+    if metadata.is_file() {
+        return Ok(());
     }
-    let mut file = File::open(path).map_err(io_error(path))?;
-    file.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
-    let mut header = [0u8; FRAME_HEADER];
-    file.read_exact(&mut header).map_err(io_error(path))?;
-    match parse_header(&header, CHUNK_MAGIC) {
-        Ok(parsed) => Ok(offset + FRAME_HEADER as u64 + parsed.payload_len + 4 >= len),
-        // A header that is not a header: only a tail of zeros (a file grown
-        // but never written) counts as torn.
-        Err(_) => {
-            let mut rest = Vec::new();
-            file.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
-            file.read_to_end(&mut rest).map_err(io_error(path))?;
-            Ok(rest.iter().all(|&b| b == 0))
-        }
-    }
+    Err(StoreError::Corrupt { path: path.to_path_buf(), offset: 0, message: "not a regular file".into() })
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
@@ -677,4 +732,138 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
         .map_err(io_error(&temporary))?;
     fs::rename(&temporary, &path).map_err(io_error(&path))?;
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with three committed chunks of `count` fake records each;
+    /// returns the last segment's path and the last frame's offset.
+    fn filled(root: &Path) -> (PathBuf, u64) {
+        let mut store = Store::open(root).unwrap();
+        for chunk in 0..3u64 {
+            store.commit(chunk * 2, 2, &[chunk as u8; 40]).unwrap();
+        }
+        let segment = store.segments.last().unwrap().clone();
+        let offset = store.chunks.last().unwrap().payload_offset - FRAME_HEADER as u64;
+        (segment, offset)
+    }
+
+    fn corrupt(error: StoreError) -> (u64, String) {
+        match error {
+            StoreError::Corrupt { offset, message, .. } => (offset, message),
+            other => panic!("expected Corrupt, got {other}"),
+        }
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[at as usize] ^= 0xff;
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn damaged_last_frame_without_pending_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, last) = filled(dir.path());
+        flip(&segment, last + 40);
+        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("damage is refused"));
+        assert_eq!(offset, last);
+        assert_eq!(
+            message,
+            "checksum mismatch; no pending chunk covers record 4, so this is damage, not an interrupted write"
+        );
+        assert_eq!(fs::metadata(&segment).unwrap().len(), last + 76, "nothing was cut");
+    }
+
+    #[test]
+    fn torn_last_frame_with_pending_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, last) = filled(dir.path());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.write_pending(&Pending { first_index: 4, count: 2, payload: vec![2; 40] }).unwrap();
+        }
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len(last + 50).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_index(), 4);
+        assert_eq!(fs::metadata(&segment).unwrap().len(), last);
+        assert_eq!(store.pending().unwrap(), vec![Pending { first_index: 4, count: 2, payload: vec![2; 40] }]);
+    }
+
+    #[test]
+    fn record_count_overflow_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, last) = filled(dir.path());
+        let mut bytes = fs::read(&segment).unwrap();
+        let at = (last + 16) as usize;
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let end = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[last as usize..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&segment, bytes).unwrap();
+        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("overflow is refused"));
+        assert_eq!(offset, last);
+        assert_eq!(message, "record count 18446744073709551615 overflows the record index");
+    }
+
+    #[test]
+    fn damaged_pending_chunk_stops_the_collector() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.write_pending(&Pending { first_index: 0, count: 1, payload: vec![1; 30] }).unwrap();
+        let path = store.pending_path(0);
+        flip(&path, 40);
+        let (offset, message) = corrupt(store.pending().expect_err("damage is refused"));
+        assert_eq!(offset, 0);
+        assert!(
+            message.starts_with("checksum mismatch; damaged pending chunk: the kernel may have deleted"),
+            "{message}"
+        );
+        assert!(path.is_file(), "the damaged chunk stays where it was");
+    }
+
+    #[test]
+    fn epoch_without_meta_is_finished_when_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let second = dir.path().join("epochs/2");
+        fs::create_dir_all(second.join("pending")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.epoch(), store.next_index()), (2, 0));
+        assert!(second.join("meta.json").is_file());
+    }
+
+    #[test]
+    fn meta_epoch_must_match_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let meta = dir.path().join("epochs/1/meta.json");
+        fs::write(&meta, r#"{"epoch":7,"byte_order":null,"boot_identity":null}"#).unwrap();
+        let error = Store::open(dir.path()).err().expect("a mismatched epoch is refused");
+        assert_eq!(error.to_string(), format!("{}: epoch 7 does not match its folder, epochs/1", meta.display()));
+    }
+
+    #[test]
+    fn meta_byte_order_must_be_le_or_be() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let meta = dir.path().join("epochs/1/meta.json");
+        fs::write(&meta, r#"{"epoch":1,"byte_order":"xx","boot_identity":null}"#).unwrap();
+        let error = Store::open(dir.path()).err().expect("an unknown byte order is refused");
+        assert_eq!(error.to_string(), format!("{}: byte_order \"xx\": expected \"le\" or \"be\"", meta.display()));
+    }
+
+    #[test]
+    fn pending_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fifo = store.pending_path(0);
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let (offset, message) = corrupt(store.pending().expect_err("a FIFO is refused"));
+        assert_eq!((offset, message.as_str()), (0, "not a regular file"));
+    }
 }

@@ -1470,3 +1470,44 @@ fn verify_argument_errors_exit_2() {
         "imalog: --nonce applies to an offline bundle (--records with --quote); online rounds make their own\n"
     );
 }
+
+#[test]
+fn emulate_missing_mount_point_exits_2() {
+    let dir = temp_dir();
+    let missing = dir.path().join("missing");
+    let run = imalog(["emulate", "--mount", arg(&missing)]);
+    assert_usage_error(&run, "missing mount point");
+    assert_eq!(
+        run.stderr,
+        format!("imalog: --mount {}: not an existing folder; create it first (mkdir -p)\n", missing.display())
+    );
+}
+
+#[test]
+fn history_of_a_store_in_use_points_to_the_api() {
+    let dir = temp_dir();
+    let root = dir.path().join("store");
+    // This test process plays the running collector.
+    let _held = imalog_collector::Store::open(&root).expect("open a new store");
+    let run = imalog(["history", arg(&root), "-o", "-"]);
+    assert_usage_error(&run, "store in use");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "imalog: {}: another collector is using this store; stop it first, or ask it for the same records \
+             with GET /v1/records?from=0\n",
+            root.display()
+        )
+    );
+}
+
+#[test]
+fn history_of_an_empty_store_says_so() {
+    let dir = temp_dir();
+    let root = dir.path().join("store");
+    drop(imalog_collector::Store::open(&root).expect("open a new store"));
+    let run = imalog(["history", arg(&root), "-o", "-"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert_eq!(run.stderr, "imalog: no records to write: epoch 1 holds 0 records, and --from is 0\n");
+}

@@ -678,3 +678,65 @@ fn collector_benchmark() {
         assert!(service.stop().success());
     }
 }
+
+#[test]
+fn first_run_after_deletions_warns() {
+    let Some(rig) = Rig::with_soft_tpm(Some("staged"), &[], None) else { return };
+    rig.measure("early");
+    // Someone else exported and deleted the start of the boot's list.
+    let staged = rig.emulator.ima("binary_runtime_measurements_staged");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3<>'{0}'; echo A >&3; cat <&3 >/dev/null; echo D >&3", staged.display()))
+        .status()
+        .expect("failed to run sh");
+    assert!(status.success(), "A, read and D on the staged list");
+    rig.emulator.wait_for_open_users(0);
+    rig.measure("late");
+    let log = rig.setup.clean_round();
+    assert!(log.contains("the kernel's list does not start with boot_aggregate"), "{log}");
+    assert_eq!(event_names(&rig.fetch_history()), vec![rig.files().join("late").display().to_string()]);
+
+    // A collector that saw the boot from its first record does not warn.
+    let rig = Rig::with_soft_tpm(Some("staged"), &[], None).expect("FUSE was available a moment ago");
+    rig.measure("first");
+    let log = rig.setup.clean_round();
+    assert!(!log.contains("does not start with boot_aggregate"), "{log}");
+}
+
+#[test]
+fn read_only_detects_records_deleted_by_another_process() {
+    let Some(rig) = Rig::with_soft_tpm(Some("read-only"), &["--no-staging"], None) else { return };
+    for index in 0..4 {
+        rig.measure(&format!("a-{index}"));
+    }
+    rig.setup.clean_round();
+
+    // Another process trims the first two records with N.
+    let list = rig.emulator.ima("binary_runtime_measurements");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo 2 > '{}'", list.display()))
+        .status()
+        .expect("failed to run sh");
+    assert!(status.success(), "echo 2 > binary_runtime_measurements");
+    rig.emulator.wait_for_open_users(0);
+    // Three new records make the list longer than the stored history again.
+    for index in 0..3 {
+        rig.measure(&format!("b-{index}"));
+    }
+
+    let finished = rig.setup.run(&["--once", "--listen", "none"], None, collector::EXIT_TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.log);
+    assert!(
+        finished.log.contains(
+            "records 0 to 4 of the kernel's list differ from the stored ones; another process deleted or replaced \
+             records"
+        ),
+        "{}",
+        finished.log
+    );
+    let stored = common::imalog(["history", arg(&rig.setup.store), "-o", "-"]);
+    assert_eq!(stored.code, 0, "{}", stored.stderr);
+    assert_eq!(event_names(&stored.stdout).len(), 5, "nothing more was stored");
+}

@@ -106,10 +106,11 @@ pub fn run(args: &CollectArgs) -> Outcome {
             }
             Err(error) => {
                 failures += 1;
-                tracing::error!(%error, failures, "round failed; nothing was deleted that is not stored; retrying next round");
                 if args.once {
+                    tracing::error!(%error, "round failed; nothing was deleted that is not stored");
                     return Err(Failure::Verification(format!("collect: {error}")));
                 }
+                tracing::error!(%error, failures, "round failed; nothing was deleted that is not stored; retrying next round");
             }
         }
         if args.once || stop.load(Ordering::Relaxed) {

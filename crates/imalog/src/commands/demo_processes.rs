@@ -106,7 +106,7 @@ mod processes {
         if value.as_bytes().iter().any(|&byte| byte != 0) {
             return Err(Failure::Usage(format!(
                 "--tpm {tpm}: PCR 10 was already extended (by an earlier run?), so a new boot's history cannot \
-                 reproduce it; restart swtpm with a new state folder"
+                 reproduce it; restart swtpm, whose TPM2_Startup(CLEAR) resets the PCRs"
             )));
         }
         Ok(())
@@ -121,6 +121,7 @@ mod processes {
         std::fs::create_dir_all(&work).map_err(|e| Failure::Usage(format!("{}: {e}", work.display())))?;
         let path = |name: &str| -> PathBuf { work.join(name) };
         let text = |p: &Path| p.display().to_string();
+        std::fs::create_dir_all(mount).map_err(|e| Failure::Usage(format!("--mount {}: {e}", mount.display())))?;
 
         check_fresh_tpm(tpm)?;
         let emulate = spawn(

@@ -15,6 +15,14 @@ use crate::outcome::{Failure, Outcome};
 
 /// Runs `imalog emulate`.
 pub fn run(args: &EmulateArgs) -> Outcome {
+    // Check the mount point before the boot extends the TPM: a failed
+    // mount afterwards would leave PCR 10 extended by a list that no mount serves.
+    if !args.mount.is_dir() {
+        return Err(Failure::Usage(format!(
+            "--mount {}: not an existing folder; create it first (mkdir -p)",
+            args.mount.display()
+        )));
+    }
     let config = kernel_config(args)?;
     let (tpm, proxy) = open_tpm(args)?;
     let ima = match &args.boot_log {

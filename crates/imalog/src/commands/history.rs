@@ -9,6 +9,17 @@ use crate::cli::HistoryArgs;
 use crate::input::open_output;
 use crate::outcome::{Failure, Outcome};
 
+/// Turns a store error into a usage failure; a store held by a running
+/// collector gets a pointer to the collector's own API.
+fn store_failure(error: imalog_collector::StoreError) -> Failure {
+    match error {
+        imalog_collector::StoreError::Locked(_) => Failure::Usage(format!(
+            "{error}; stop it first, or ask it for the same records with GET /v1/records?from=0"
+        )),
+        other => Failure::Usage(other.to_string()),
+    }
+}
+
 /// Runs `imalog history`.
 pub fn run(args: &HistoryArgs) -> Outcome {
     let epochs = args.store.join("epochs");
@@ -19,7 +30,7 @@ pub fn run(args: &HistoryArgs) -> Outcome {
         )));
     }
     let store = match args.epoch {
-        None => Store::open(&args.store).map_err(|e| Failure::Usage(e.to_string()))?,
+        None => Store::open(&args.store).map_err(store_failure)?,
         Some(epoch) => match Store::open_existing_epoch(&args.store, epoch) {
             Ok(Some(store)) => store,
             Ok(None) => {
@@ -30,7 +41,7 @@ pub fn run(args: &HistoryArgs) -> Outcome {
                     args.store.display()
                 )));
             }
-            Err(error) => return Err(Failure::Usage(error.to_string())),
+            Err(error) => return Err(store_failure(error)),
         },
     };
     if args.from > store.next_index() {
@@ -44,12 +55,16 @@ pub fn run(args: &HistoryArgs) -> Outcome {
     let (output_name, mut output) = open_output(&args.output)?;
     let end = store.write_records(args.from, &mut output).map_err(|e| Failure::Usage(e.to_string()))?;
     output.flush().map_err(|e| Failure::write(e, &output_name))?;
-    tell!(
-        "imalog: wrote records {} to {} of epoch {} ({} byte order) to {output_name}",
-        args.from,
-        end.saturating_sub(1),
-        store.epoch(),
-        store.byte_order()
-    );
+    if end == args.from {
+        tell!("imalog: no records to write: epoch {} holds {end} records, and --from is {}", store.epoch(), args.from);
+    } else {
+        tell!(
+            "imalog: wrote records {} to {} of epoch {} ({} byte order) to {output_name}",
+            args.from,
+            end - 1,
+            store.epoch(),
+            store.byte_order()
+        );
+    }
     Ok(())
 }
