@@ -387,7 +387,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether an epoch folder holds no segment and no pending chunk.
+    /// Returns whether an epoch folder has no segment and no pending chunk.
     fn is_unused_epoch(dir: &Path) -> Result<bool, StoreError> {
         let has_segment = fs::read_dir(dir)
             .map_err(io_error(dir))?
@@ -665,29 +665,40 @@ impl Store {
         let order = self.byte_order();
         for chunk in &self.chunks[start..] {
             let path = &self.segments[chunk.segment];
+            let corrupt = |message: String| StoreError::Corrupt {
+                path: path.clone(),
+                offset: chunk.payload_offset - FRAME_HEADER as u64,
+                message,
+            };
             let mut file = File::open(path).map_err(io_error(path))?;
-            file.seek(SeekFrom::Start(chunk.payload_offset)).map_err(io_error(path))?;
             let skip = from.saturating_sub(chunk.first_index);
             let offset = if skip == 0 {
                 0
             } else {
+                file.seek(SeekFrom::Start(chunk.payload_offset)).map_err(io_error(path))?;
                 let payload = io::BufReader::new((&mut file).take(chunk.payload_len));
-                let offset = record_offset(payload, skip, order).map_err(|message| StoreError::Corrupt {
-                    path: path.clone(),
-                    offset: chunk.payload_offset,
-                    message,
-                })?;
-                file.seek(SeekFrom::Start(chunk.payload_offset + offset)).map_err(io_error(path))?;
-                offset
+                record_offset(payload, skip, order).map_err(&corrupt)?
             };
+            // The frame's checksum is checked again while the chunk is
+            // served, so a segment damaged after the store opened ends the
+            // output with an error instead of passing the damage on.
+            file.seek(SeekFrom::Start(chunk.payload_offset - FRAME_HEADER as u64)).map_err(io_error(path))?;
+            let mut hashing = HashingWriter { inner: io::sink(), hasher: crc32fast::Hasher::new() };
+            let before = FRAME_HEADER as u64 + offset;
+            let copied = io::copy(&mut (&mut file).take(before), &mut hashing).map_err(io_error(path))?;
+            let mut hashing = HashingWriter { inner: &mut *out, hasher: hashing.hasher };
             let length = chunk.payload_len - offset;
-            let copied = io::copy(&mut (&mut file).take(length), out).map_err(io_error(path))?;
-            if copied != length {
-                return Err(StoreError::Corrupt {
-                    path: path.clone(),
-                    offset: chunk.payload_offset,
-                    message: format!("the segment ends {copied} bytes into a {length}-byte chunk"),
-                });
+            let sent = io::copy(&mut (&mut file).take(length), &mut hashing).map_err(io_error(path))?;
+            let mut crc = [0u8; 4];
+            let crc_read = read_up_to(&mut file, &mut crc).map_err(io_error(path))?;
+            if copied != before || sent != length || crc_read != crc.len() {
+                return Err(corrupt(format!(
+                    "the segment ends inside this {}-byte chunk, which was whole when the store opened",
+                    chunk.payload_len
+                )));
+            }
+            if hashing.hasher.finalize() != u32::from_le_bytes(crc) {
+                return Err(corrupt("checksum mismatch: the segment changed after the store opened".into()));
             }
         }
         Ok(self.next_index)
@@ -707,6 +718,24 @@ fn record_offset(payload: impl io::BufRead, skip: u64, order: ByteOrder) -> Resu
         }
     }
     Ok(decoder.offset())
+}
+
+/// Passes bytes on to `inner` and hashes them.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Fails unless `path` is a regular file: a FIFO or a device in the store
@@ -865,5 +894,20 @@ mod tests {
         assert!(status.success());
         let (offset, message) = corrupt(store.pending().expect_err("a FIFO is refused"));
         assert_eq!((offset, message.as_str()), (0, "not a regular file"));
+    }
+
+    #[test]
+    fn damage_after_open_ends_the_served_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, last) = filled(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        let mut whole = Vec::new();
+        assert_eq!(store.write_records(0, &mut whole).unwrap(), 6);
+        assert_eq!(whole, [vec![0u8; 40], vec![1; 40], vec![2; 40]].concat());
+        flip(&segment, last + 45);
+        let mut served = Vec::new();
+        let (offset, message) = corrupt(store.write_records(0, &mut served).unwrap_err());
+        assert_eq!((offset, message.as_str()), (last, "checksum mismatch: the segment changed after the store opened"));
+        assert_eq!(served.len(), 120, "the damaged chunk was sent before its checksum was read");
     }
 }
