@@ -342,7 +342,23 @@ impl Exporter {
         }
         let payload = staged.read_all().map_err(fs_error(BINARY_STAGED))?;
         faults::check(Point::DuringRead, || {});
-        let (count, order) = decode_chunk(BINARY_STAGED, &payload, self.store.known_byte_order())?;
+        self.store_then_delete(staged, BINARY_STAGED, payload, ("D", |_| "D".to_string()), report)
+    }
+
+    /// Stores `payload`, read from `list`, as a durable pending chunk, then
+    /// writes the delete command and commits the chunk. `delete` names the
+    /// command (`D` or `N`) and builds its text from the record count. When
+    /// the kernel is suspending for kexec it keeps the records, so the
+    /// pending copy is dropped.
+    fn store_then_delete(
+        &mut self,
+        list: &mut ListFile,
+        name: &str,
+        payload: Vec<u8>,
+        delete: (&str, impl FnOnce(u64) -> String),
+        report: &mut RoundReport,
+    ) -> Result<(), ExportError> {
+        let (count, order) = decode_chunk(name, &payload, self.store.known_byte_order())?;
         if count == 0 {
             return Ok(());
         }
@@ -352,7 +368,9 @@ impl Exporter {
         warn_if_partial(&pending, order);
         self.store.write_pending(&pending)?;
         faults::check(Point::AfterStore, || {});
-        match staged.command("D") {
+        let (label, build) = delete;
+        let command = build(count);
+        match list.command(&command) {
             CommandResult::Done => {
                 faults::check(Point::AfterDelete, || {});
                 self.commit(pending, report)
@@ -361,14 +379,14 @@ impl Exporter {
                 tracing::info!(
                     first_index,
                     count,
-                    "kernel is suspending for kexec; D refused, dropping the pending copy"
+                    "kernel is suspending for kexec; {label} refused, dropping the pending copy"
                 );
                 self.store.remove_pending(first_index)?;
                 report.dropped += 1;
                 report.suspending = true;
                 Ok(())
             }
-            result => Err(command_error(BINARY_STAGED, "D", result)),
+            result => Err(command_error(name, &command, result)),
         }
     }
 
@@ -495,38 +513,11 @@ impl Exporter {
 
         let payload = original.read_all().map_err(fs_error(BINARY_LIST))?;
         faults::check(Point::DuringRead, || {});
-        let (count, order) = decode_chunk(BINARY_LIST, &payload, self.store.known_byte_order())?;
-        if count == 0 {
-            return Ok(());
-        }
-        self.store.set_meta(order, self.store.meta().boot_identity.clone())?;
-        let first_index = self.store.next_index();
-        let pending = Pending { first_index, count, payload };
-        warn_if_partial(&pending, order);
-        self.store.write_pending(&pending)?;
-        faults::check(Point::AfterStore, || {});
-        match original.command(&count.to_string()) {
-            CommandResult::Done => {
-                faults::check(Point::AfterDelete, || {});
-                self.commit(pending, report)
-            }
-            CommandResult::Stale => {
-                tracing::info!(
-                    first_index,
-                    count,
-                    "kernel is suspending for kexec; N refused, dropping the pending copy"
-                );
-                self.store.remove_pending(first_index)?;
-                report.dropped += 1;
-                report.suspending = true;
-                Ok(())
-            }
-            result => Err(command_error(BINARY_LIST, &count.to_string(), result)),
-        }
+        self.store_then_delete(&mut original, BINARY_LIST, payload, ("N", |count| count.to_string()), report)
     }
 
     fn round_read_only(&mut self, report: &mut RoundReport) -> Result<(), ExportError> {
-        // A pending chunk left by an interrupted commit holds the records
+        // A pending chunk left by an interrupted commit contains the records
         // that follow the stored ones: commit it. One behind is committed
         // already.
         for pending in self.store.pending()? {
@@ -562,11 +553,10 @@ impl Exporter {
                 ),
             });
         }
-        self.check_stored_prefix(&payload, order)?;
+        let skip = self.check_stored_prefix(&payload, order)?;
         if total == stored {
             return Ok(());
         }
-        let skip = prefix_bytes(&payload, stored, order).map(|p| p.len()).unwrap_or(0);
         self.store.set_meta(order, self.store.meta().boot_identity.clone())?;
         let chunk = Pending { first_index: stored, count: total - stored, payload: payload[skip..].to_vec() };
         warn_if_partial(&chunk, order);
@@ -575,27 +565,41 @@ impl Exporter {
 
     /// Checks that the kernel's list still begins with the stored history,
     /// by comparing the last stored chunk with the same records of the
-    /// list: a read-only collector deletes nothing, so a difference means
-    /// another process deleted or replaced records.
-    fn check_stored_prefix(&self, payload: &[u8], order: ByteOrder) -> Result<(), ExportError> {
-        let Some(first) = self.store.last_chunk_start() else { return Ok(()) };
+    /// list. A read-only collector deletes nothing, so a difference means
+    /// another process deleted or replaced records. Returns the byte offset
+    /// of the first record not stored yet.
+    fn check_stored_prefix(&self, payload: &[u8], order: ByteOrder) -> Result<usize, ExportError> {
+        let Some(first) = self.store.last_chunk_start() else { return Ok(0) };
         let stored = self.store.next_index();
         let mut expected = Vec::new();
         self.store.write_records(first, &mut expected)?;
-        let start = prefix_bytes(payload, first, order).map(<[u8]>::len);
-        let end = prefix_bytes(payload, stored, order).map(<[u8]>::len);
-        let matches = matches!((start, end), (Some(a), Some(b)) if payload[a..b] == expected[..]);
-        if !matches {
-            return Err(ExportError::Diverged {
+        // One pass over the list finds where record `first` and record
+        // `stored` start.
+        let layout = imalog_core::BinaryLayout { digest_size: 20, byte_order: order };
+        let mut decoder = imalog_core::BinaryDecoder::new(payload, layout);
+        let mut record = imalog_core::binary::empty_record();
+        let mut bounds = (None, None);
+        for index in 0..=stored {
+            if index == first {
+                bounds.0 = Some(decoder.offset() as usize);
+            }
+            if index == stored {
+                bounds.1 = Some(decoder.offset() as usize);
+            } else if !matches!(decoder.read_record(&mut record), Ok(true)) {
+                break;
+            }
+        }
+        match bounds {
+            (Some(start), Some(end)) if payload[start..end] == expected[..] => Ok(end),
+            _ => Err(ExportError::Diverged {
                 file: BINARY_LIST.to_string(),
                 message: format!(
                     "records {first} to {} of the kernel's list differ from the stored ones; another process \
                      deleted or replaced records, which a read-only collector cannot account for",
                     stored - 1
                 ),
-            });
+            }),
         }
-        Ok(())
     }
 
     /// Commits records that stay in the kernel. The pending copy written

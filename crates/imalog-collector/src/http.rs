@@ -35,7 +35,7 @@ pub struct HttpLimits {
     /// Time one write of the response may block on a client that does not
     /// read.
     pub write_timeout: Duration,
-    /// Connections served at once; more are answered 503 and closed.
+    /// Connections served at once; more get status 503 and are closed.
     pub max_connections: usize,
 }
 
@@ -87,8 +87,8 @@ impl HttpServer {
                     Ok((stream, peer)) => {
                         if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
                             let _slot = Slot(Arc::clone(&open));
-                            tracing::warn!(%peer, limit = limits.max_connections, "HTTP connection refused: too many open");
-                            let _ = refuse(stream, limits.max_connections);
+                            tracing::warn!(%peer, limit = limits.max_connections, "HTTP connection rejected: too many open connections");
+                            let _ = reject_connection(stream, limits.max_connections);
                             continue;
                         }
                         let slot = Slot(Arc::clone(&open));
@@ -132,8 +132,9 @@ impl Drop for HttpServer {
     }
 }
 
-/// Answers a connection over the limit without reading its request.
-fn refuse(mut stream: TcpStream, limit: usize) -> io::Result<()> {
+/// Rejects a connection over the limit with status 503, without reading
+/// its request.
+fn reject_connection(mut stream: TcpStream, limit: usize) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     respond_json(
@@ -416,19 +417,19 @@ mod tests {
         let mut stream = TcpStream::connect(address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = stream.write_all(request);
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
     }
 
     #[test]
     fn status_returns_epoch_and_flavor() {
         let (_dir, server) = server(HttpLimits::default());
-        let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let response = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(
-            answer.ends_with("{\"byte_order\":\"le\",\"epoch\":1,\"flavor\":\"read-only\",\"stored\":0}\n"),
-            "{answer}"
+            response.ends_with("{\"byte_order\":\"le\",\"epoch\":1,\"flavor\":\"read-only\",\"stored\":0}\n"),
+            "{response}"
         );
     }
 
@@ -439,9 +440,9 @@ mod tests {
         let mut request = b"GET /v1/status HTTP/1.1\r\nX-Filler: ".to_vec();
         request.resize(300, b'a');
         request.extend_from_slice(b"\r\n\r\n");
-        let answer = exchange(server.address(), &request);
-        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{answer}");
-        assert!(answer.contains("larger than 256 bytes"), "{answer}");
+        let response = exchange(server.address(), &request);
+        assert!(response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{response}");
+        assert!(response.contains("larger than 256 bytes"), "{response}");
     }
 
     #[test]
@@ -459,9 +460,9 @@ mod tests {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        assert!(response.is_empty(), "{}", String::from_utf8_lossy(&response));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -470,20 +471,20 @@ mod tests {
         let limits = HttpLimits { max_connections: 2, ..HttpLimits::default() };
         let (_dir, server) = server(limits);
         // Two clients that never finish their request hold both slots.
-        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.address()).unwrap()).collect();
+        let occupied: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.address()).unwrap()).collect();
         thread::sleep(Duration::from_millis(200));
-        let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
-        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
-        assert!(answer.contains("already serves 2 connections"), "{answer}");
-        drop(held);
-        // The slots are given back once the held connections end.
+        let response = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+        assert!(response.contains("already serves 2 connections"), "{response}");
+        drop(occupied);
+        // The slots are released once the occupying connections end.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let answer = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
-            if answer.starts_with("HTTP/1.1 200 OK\r\n") {
+            let response = exchange(server.address(), b"GET /v1/status HTTP/1.1\r\n\r\n");
+            if response.starts_with("HTTP/1.1 200 OK\r\n") {
                 break;
             }
-            assert!(Instant::now() < deadline, "slots were not released: {answer}");
+            assert!(Instant::now() < deadline, "slots were not released: {response}");
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -504,11 +505,11 @@ mod tests {
             (b"GET /v2/x HTTP/1.1\r\n\r\n", "404", "no resource /v2/x"),
         ];
         for (request, code, message) in cases {
-            let answer = exchange(server.address(), request);
-            assert!(answer.starts_with(&format!("HTTP/1.1 {code} ")), "{answer}");
-            assert!(answer.contains(message), "{answer}");
+            let response = exchange(server.address(), request);
+            assert!(response.starts_with(&format!("HTTP/1.1 {code} ")), "{response}");
+            assert!(response.contains(message), "{response}");
         }
-        // Bytes that are not text end the connection without an answer.
+        // Bytes that are not text end the connection without a response.
         assert_eq!(exchange(server.address(), b"\xff\xfe\r\n\r\n"), "");
     }
 }

@@ -28,7 +28,7 @@
 //! removed, so a crash at any point leaves either a whole frame, or a torn
 //! last frame whose chunk still has its pending file. Opening the store cuts
 //! a bad last frame off only when that pending file exists; any other bad
-//! frame is corruption, and the store refuses to open. Pending files use the same frame layout with the
+//! frame is corruption, and opening the store fails. Pending files use the same frame layout with the
 //! magic "PEND" and are written to a temporary name, synced and renamed.
 
 use std::fs::{self, File, OpenOptions};
@@ -767,8 +767,8 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    /// A store with three committed chunks of `count` fake records each;
-    /// returns the last segment's path and the last frame's offset.
+    /// Creates a store with three committed chunks of two fake records each,
+    /// and returns the last segment's path and the last frame's offset.
     fn filled(root: &Path) -> (PathBuf, u64) {
         let mut store = Store::open(root).unwrap();
         for chunk in 0..3u64 {
@@ -797,7 +797,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (segment, last) = filled(dir.path());
         flip(&segment, last + 40);
-        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("damage is refused"));
+        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("damage is rejected"));
         assert_eq!(offset, last);
         assert_eq!(
             message,
@@ -833,7 +833,7 @@ mod tests {
         let crc = crc32fast::hash(&bytes[last as usize..end]);
         bytes[end..].copy_from_slice(&crc.to_le_bytes());
         fs::write(&segment, bytes).unwrap();
-        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("overflow is refused"));
+        let (offset, message) = corrupt(Store::open(dir.path()).err().expect("overflow is rejected"));
         assert_eq!(offset, last);
         assert_eq!(message, "record count 18446744073709551615 overflows the record index");
     }
@@ -845,7 +845,7 @@ mod tests {
         store.write_pending(&Pending { first_index: 0, count: 1, payload: vec![1; 30] }).unwrap();
         let path = store.pending_path(0);
         flip(&path, 40);
-        let (offset, message) = corrupt(store.pending().expect_err("damage is refused"));
+        let (offset, message) = corrupt(store.pending().expect_err("damage is rejected"));
         assert_eq!(offset, 0);
         assert!(
             message.starts_with("checksum mismatch; damaged pending chunk: the kernel may have deleted"),
@@ -871,7 +871,7 @@ mod tests {
         drop(Store::open(dir.path()).unwrap());
         let meta = dir.path().join("epochs/1/meta.json");
         fs::write(&meta, r#"{"epoch":7,"byte_order":null,"boot_identity":null}"#).unwrap();
-        let error = Store::open(dir.path()).err().expect("a mismatched epoch is refused");
+        let error = Store::open(dir.path()).err().expect("a mismatched epoch is rejected");
         assert_eq!(error.to_string(), format!("{}: epoch 7 does not match its folder, epochs/1", meta.display()));
     }
 
@@ -881,18 +881,18 @@ mod tests {
         drop(Store::open(dir.path()).unwrap());
         let meta = dir.path().join("epochs/1/meta.json");
         fs::write(&meta, r#"{"epoch":1,"byte_order":"xx","boot_identity":null}"#).unwrap();
-        let error = Store::open(dir.path()).err().expect("an unknown byte order is refused");
+        let error = Store::open(dir.path()).err().expect("an unknown byte order is rejected");
         assert_eq!(error.to_string(), format!("{}: byte_order \"xx\": expected \"le\" or \"be\"", meta.display()));
     }
 
     #[test]
-    fn pending_fifo_is_refused_without_blocking() {
+    fn pending_fifo_is_rejected_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let fifo = store.pending_path(0);
         let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
         assert!(status.success());
-        let (offset, message) = corrupt(store.pending().expect_err("a FIFO is refused"));
+        let (offset, message) = corrupt(store.pending().expect_err("a FIFO is rejected"));
         assert_eq!((offset, message.as_str()), (0, "not a regular file"));
     }
 

@@ -42,7 +42,7 @@ use crate::machine::Machine;
 
 /// Maximum length of a request line, newline included.
 pub const MAX_REQUEST: usize = 1024 * 1024;
-/// Connections served at once; more are refused with an error line.
+/// Connections served at once; more are rejected with an error line.
 pub const MAX_CLIENTS: usize = 64;
 /// How long a connection may stay silent between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,7 +117,7 @@ pub enum ControlError {
     Request {
         /// The socket path.
         path: PathBuf,
-        /// What was wrong.
+        /// The problem with the request.
         message: String,
     },
     /// The server refused the request.
@@ -151,8 +151,8 @@ impl ControlServer {
                         Ok(stream) => {
                             if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
                                 clients.fetch_sub(1, Ordering::AcqRel);
-                                tracing::warn!(socket = %socket_name, limit = MAX_CLIENTS, "control connection refused: too many open");
-                                refuse(stream);
+                                tracing::warn!(socket = %socket_name, limit = MAX_CLIENTS, "control connection rejected: too many open connections");
+                                reject_connection(stream);
                                 continue;
                             }
                             let machine = Arc::clone(&machine);
@@ -193,7 +193,7 @@ impl Drop for ControlServer {
 }
 
 /// Tells a connection over the limit why it is closed.
-fn refuse(mut stream: UnixStream) {
+fn reject_connection(mut stream: UnixStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let message = format!("the emulator already serves {MAX_CLIENTS} control connections; try again later");
     let _ = writeln!(stream, "{}", json!({"ok": false, "error": message}));
@@ -354,7 +354,7 @@ fn handle(request: &Request, machine: &Machine, test_hooks: bool) -> Value {
 }
 
 /// Sends one request to the control socket at `path` and returns the
-/// response, or the server's refusal as an error.
+/// response, or the server's rejection as an error.
 pub fn send(path: &Path, request: &Request) -> Result<Value, ControlError> {
     use std::os::unix::fs::FileTypeExt;
     let socket_error = |source| ControlError::Socket { path: path.to_path_buf(), source };
@@ -403,41 +403,41 @@ mod tests {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = stream.write_all(request);
         let mut reader = BufReader::new(stream);
-        let mut answers = Vec::new();
-        while answers.len() < lines {
+        let mut responses = Vec::new();
+        while responses.len() < lines {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
-            answers.push(line);
+            responses.push(line);
         }
-        answers
+        responses
     }
 
     #[test]
-    fn request_over_limit_is_refused_and_closed() {
+    fn request_over_limit_closes_connection() {
         let (_dir, path, _server) = server();
         let mut request = vec![b'x'; MAX_REQUEST + 10];
         request.push(b'\n');
-        let answers = exchange(&path, &request, 2);
-        assert_eq!(answers.len(), 1, "{answers:?}");
-        let reply: Value = serde_json::from_str(&answers[0]).unwrap();
+        let responses = exchange(&path, &request, 2);
+        assert_eq!(responses.len(), 1, "{responses:?}");
+        let reply: Value = serde_json::from_str(&responses[0]).unwrap();
         assert_eq!(reply["error"], "invalid request: longer than 1048576 bytes; send fewer paths per request");
     }
 
     #[test]
-    fn request_not_utf8_is_refused() {
+    fn request_not_utf8_is_rejected() {
         let (_dir, path, _server) = server();
-        let answers = exchange(&path, b"\xff\xfe\n{\"op\":\"status\"}\n", 2);
-        assert_eq!(answers.len(), 2, "{answers:?}");
-        let first: Value = serde_json::from_str(&answers[0]).unwrap();
+        let responses = exchange(&path, b"\xff\xfe\n{\"op\":\"status\"}\n", 2);
+        assert_eq!(responses.len(), 2, "{responses:?}");
+        let first: Value = serde_json::from_str(&responses[0]).unwrap();
         assert_eq!(first, json!({"ok": false, "error": "invalid request: not UTF-8 text"}));
-        let second: Value = serde_json::from_str(&answers[1]).unwrap();
+        let second: Value = serde_json::from_str(&responses[1]).unwrap();
         assert_eq!(second["ok"], true);
     }
 
     #[test]
-    fn request_pcr_beyond_63_is_refused() {
+    fn request_pcr_beyond_63_is_rejected() {
         let (_dir, path, _server) = server();
         let error = send(&path, &Request::Buffer { name: "b".into(), data: "00".into(), pcr: Some(64) }).unwrap_err();
         assert_eq!(error.to_string(), "pcr 64 is out of range 0 to 63");
@@ -447,22 +447,22 @@ mod tests {
     }
 
     #[test]
-    fn connections_over_limit_are_refused() {
+    fn connections_over_limit_are_rejected() {
         let (_dir, path, _server) = server();
-        let held: Vec<UnixStream> = (0..MAX_CLIENTS).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        let occupied: Vec<UnixStream> = (0..MAX_CLIENTS).map(|_| UnixStream::connect(&path).unwrap()).collect();
         // The server counts a connection when it accepts it.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let refusal = loop {
-            let answers = exchange(&path, b"{\"op\":\"status\"}\n", 1);
-            let reply: Value = serde_json::from_str(&answers[0]).unwrap();
+        let rejection = loop {
+            let responses = exchange(&path, b"{\"op\":\"status\"}\n", 1);
+            let reply: Value = serde_json::from_str(&responses[0]).unwrap();
             if reply["ok"] == false {
                 break reply;
             }
-            assert!(Instant::now() < deadline, "no refusal with {MAX_CLIENTS} connections held");
+            assert!(Instant::now() < deadline, "no rejection with {MAX_CLIENTS} connections occupied");
             thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(refusal["error"], "the emulator already serves 64 control connections; try again later");
-        drop(held);
+        assert_eq!(rejection["error"], "the emulator already serves 64 control connections; try again later");
+        drop(occupied);
         let deadline = Instant::now() + Duration::from_secs(10);
         while send(&path, &Request::Status).is_err() {
             assert!(Instant::now() < deadline, "slots were not released");
@@ -471,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn send_refuses_a_regular_file() {
+    fn send_rejects_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();

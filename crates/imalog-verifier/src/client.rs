@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client for the collector's API, on std sockets: quotes
 //! as JSON, history as a streamed binary list (chunked transfer encoding).
 //!
-//! The collector runs on the attested machine, so its answers are hostile
+//! The collector runs on the attested machine, so its responses are hostile
 //! input: the response head, a JSON body and a chunk-size line each have a
 //! size limit, every read waits at most [`Timeouts::read`], and a whole
 //! request ends at [`Timeouts::request`].
@@ -100,13 +100,13 @@ impl Read for TimedStream {
 }
 
 /// Reads one line of at most `limit` bytes; a longer line is an error.
-fn read_limited_line(reader: &mut impl BufRead, limit: u64, what: &str) -> io::Result<String> {
+fn read_limited_line(reader: &mut impl BufRead, limit: u64, item: &str) -> io::Result<String> {
     let mut line = Vec::new();
     reader.take(limit + 1).read_until(b'\n', &mut line)?;
     if line.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} is longer than {limit} bytes")));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{item} is longer than {limit} bytes")));
     }
-    String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} is not text")))
+    String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{item} is not text")))
 }
 
 /// A streamed response body.
@@ -360,8 +360,8 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
-    /// A collector that answers one connection with `answer`, sent in
-    /// pieces with `pause` between them, then closes.
+    /// Starts a collector that reads one request, sends `pieces` with
+    /// `pause` between them, and closes the connection.
     fn hostile(pieces: Vec<Vec<u8>>, pause: Duration) -> (CollectorClient, thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
@@ -385,7 +385,7 @@ mod tests {
 
     fn quote_error(pieces: Vec<Vec<u8>>) -> String {
         let (client, server) = hostile(pieces, Duration::ZERO);
-        let error = client.quote(b"n", &[10]).expect_err("the answer is hostile");
+        let error = client.quote(b"n", &[10]).expect_err("the response is hostile");
         server.join().unwrap();
         error.to_string()
     }
@@ -426,17 +426,17 @@ mod tests {
 
     #[test]
     fn quote_over_limit_is_refused() {
-        let mut answer = b"HTTP/1.1 200 OK\r\n\r\n{\"attest\":\"".to_vec();
-        answer.resize(MAX_JSON as usize + 100, b'0');
-        let message = quote_error(vec![answer]);
+        let mut response = b"HTTP/1.1 200 OK\r\n\r\n{\"attest\":\"".to_vec();
+        response.resize(MAX_JSON as usize + 100, b'0');
+        let message = quote_error(vec![response]);
         assert!(message.ends_with("invalid response: the quote is larger than 1048576 bytes"), "{message}");
     }
 
     #[test]
     fn error_body_is_cut_at_limit() {
-        let mut answer = b"HTTP/1.1 500 Internal Server Error\r\n\r\n".to_vec();
-        answer.resize(10 * MAX_ERROR as usize, b'x');
-        let message = quote_error(vec![answer]);
+        let mut response = b"HTTP/1.1 500 Internal Server Error\r\n\r\n".to_vec();
+        response.resize(10 * MAX_ERROR as usize, b'x');
+        let message = quote_error(vec![response]);
         assert!(message.contains("HTTP 500: xxx"), "{message}");
         assert!(message.len() < MAX_ERROR as usize + 200, "{} bytes", message.len());
     }

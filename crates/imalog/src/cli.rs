@@ -347,8 +347,8 @@ pub struct CollectArgs {
     pub tpm: Option<String>,
 
     /// File whose content identifies the running kernel instance; it must
-    /// change at every boot, kexec included. `none` goes without: the
-    /// collector then cannot tell a reboot from a kexec, and keeps one epoch.
+    /// change at every boot, kexec included. With `none`, the collector
+    /// cannot distinguish a reboot from a kexec, and keeps one epoch.
     #[arg(long, default_value = "/proc/sys/kernel/random/boot_id", value_name = "FILE|none")]
     pub boot_id_file: PathBuf,
 

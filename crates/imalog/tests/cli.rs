@@ -1484,11 +1484,11 @@ fn emulate_missing_mount_point_exits_2() {
 }
 
 #[test]
-fn history_of_a_store_in_use_points_to_the_api() {
+fn history_store_in_use_names_api() {
     let dir = temp_dir();
     let root = dir.path().join("store");
     // This test process plays the running collector.
-    let _held = imalog_collector::Store::open(&root).expect("open a new store");
+    let _locked = imalog_collector::Store::open(&root).expect("open a new store");
     let run = imalog(["history", arg(&root), "-o", "-"]);
     assert_usage_error(&run, "store in use");
     assert_eq!(
@@ -1509,5 +1509,5 @@ fn history_of_an_empty_store_says_so() {
     let run = imalog(["history", arg(&root), "-o", "-"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.is_empty());
-    assert_eq!(run.stderr, "imalog: no records to write: epoch 1 holds 0 records, and --from is 0\n");
+    assert_eq!(run.stderr, "imalog: no records to write: epoch 1 contains 0 records, and --from is 0\n");
 }

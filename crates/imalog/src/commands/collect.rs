@@ -34,7 +34,7 @@ pub fn run(args: &CollectArgs) -> Outcome {
     let boot_id_file = args.boot_id_file.clone();
     let without_boot_id = boot_id_file.as_os_str() == "none";
     if without_boot_id {
-        tracing::warn!("--boot-id-file none: a reboot cannot be told from a kexec; the history stays in one epoch");
+        tracing::warn!("--boot-id-file none: the collector cannot distinguish a reboot from a kexec, so the history stays in one epoch");
     }
     (!without_boot_id).then(|| read_boot_id(&boot_id_file)).transpose().map_err(|e| {
         Failure::Usage(format!(
@@ -53,7 +53,7 @@ pub fn run(args: &CollectArgs) -> Outcome {
                 tracing::warn!(
                     file = %boot_id_file.display(),
                     %error,
-                    "cannot read the boot identity; until it reads again, a reboot cannot be told from a kexec"
+                    "failed to read the boot identity; until it can be read, the collector cannot distinguish a reboot from a kexec"
                 );
             }
             None

@@ -56,7 +56,11 @@ pub fn run(args: &HistoryArgs) -> Outcome {
     let end = store.write_records(args.from, &mut output).map_err(|e| Failure::Usage(e.to_string()))?;
     output.flush().map_err(|e| Failure::write(e, &output_name))?;
     if end == args.from {
-        tell!("imalog: no records to write: epoch {} holds {end} records, and --from is {}", store.epoch(), args.from);
+        tell!(
+            "imalog: no records to write: epoch {} contains {end} records, and --from is {}",
+            store.epoch(),
+            args.from
+        );
     } else {
         tell!(
             "imalog: wrote records {} to {} of epoch {} ({} byte order) to {output_name}",
